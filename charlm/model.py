@@ -1,0 +1,232 @@
+"""The character language model: Embedding → recurrent stack → Linear → softmax.
+
+    e<t>      = Emb[x<t>]                              (B, E)
+    a[1]<t>   = cell(e<t>, state[1]<t-1>)              (B, H)
+    a[l]<t>   = cell(drop(a[l-1]<t>), state[l]<t-1>)   (B, H)   l = 2..N
+    ŷ<t>      = softmax(W_dec drop(a[N]<t>) + b_dec)   (B, V)
+    L         = −(1/TB) Σ_t Σ_b log ŷ<t>[x<t+1>]
+
+All parameters live in one flat array and are exposed as named views with
+PyTorch's names and layouts (``rnn.weight_ih_l0`` (4H, E), gates i, f, g, o),
+so the optimizer and gradient clipping each run as a few whole-array
+operations and a checkpoint maps one-to-one onto a PyTorch state dict.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from charlm.layers import (
+    LSTM,
+    Recurrent,
+    log_softmax_pick,
+    scatter_rows,
+    softmax_cross_entropy_,
+)
+
+CELLS: dict[str, type[Recurrent]] = {"lstm": LSTM}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild the network; stored in every checkpoint."""
+
+    vocab_size: int  # V: distinct characters
+    cell: str = "lstm"  # recurrent cell: lstm, gru or rnn
+    embed: int = 64  # E: embedding width
+    hidden: int = 256  # H: hidden units per recurrent layer
+    layers: int = 2  # N: stacked recurrent layers
+    dropout: float = 0.0  # inverted-dropout probability between layers and before the decoder
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        return cls(**d)
+
+
+State = list[tuple[np.ndarray, ...]]  # one tuple of (B, H) arrays per layer
+
+
+class CharModel:
+    """Embedding → ``layers`` recurrent cells → Linear decoder, with hand-written backward."""
+
+    def __init__(self, config: ModelConfig, dtype=np.float32, seed: int = 0) -> None:
+        if config.cell not in CELLS:
+            raise ValueError(f"unknown cell {config.cell!r}")
+        self.config = config
+        self.dtype = np.dtype(dtype)
+        self.shapes = self.param_shapes(config)
+        total = sum(int(np.prod(s)) for s in self.shapes.values())
+        self.flat = np.zeros(total, self.dtype)  # every parameter, contiguous
+        self.grad_flat = np.zeros(total, self.dtype)  # ∂L/∂flat
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        offset = 0
+        for name, shape in self.shapes.items():
+            n = int(np.prod(shape))
+            self.params[name] = self.flat[offset : offset + n].reshape(shape)
+            self.grads[name] = self.grad_flat[offset : offset + n].reshape(shape)
+            offset += n
+        cell = CELLS[config.cell]
+        self.rnn: list[Recurrent] = []
+        for layer in range(config.layers):
+            names = [f"rnn.{w}_l{layer}" for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            self.rnn.append(
+                cell(
+                    config.embed if layer == 0 else config.hidden,
+                    config.hidden,
+                    *(self.params[n] for n in names),
+                    *(self.grads[n] for n in names),
+                )
+            )
+        self.init_weights(np.random.default_rng(seed))
+
+    # -- parameters -------------------------------------------------------
+
+    @staticmethod
+    def param_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+        V, E, H = config.vocab_size, config.embed, config.hidden
+        GH = CELLS[config.cell].gates * H
+        shapes: dict[str, tuple[int, ...]] = {"embedding.weight": (V, E)}
+        for layer in range(config.layers):
+            D = E if layer == 0 else H
+            shapes[f"rnn.weight_ih_l{layer}"] = (GH, D)
+            shapes[f"rnn.weight_hh_l{layer}"] = (GH, H)
+            shapes[f"rnn.bias_ih_l{layer}"] = (GH,)
+            shapes[f"rnn.bias_hh_l{layer}"] = (GH,)
+        shapes["decoder.weight"] = (V, H)
+        shapes["decoder.bias"] = (V,)
+        return shapes
+
+    @property
+    def num_params(self) -> int:
+        return int(self.flat.size)
+
+    def init_weights(self, rng: np.random.Generator) -> None:
+        """PyTorch's scheme: U(−1/√H, 1/√H) for recurrent and decoder weights,
+        N(0, 1) for the embedding; biases zero except the LSTM forget gate (1)."""
+        H = self.config.hidden
+        k = 1.0 / np.sqrt(H)
+        for name, p in self.params.items():
+            if name == "embedding.weight":
+                p[...] = rng.standard_normal(p.shape)
+            elif "bias" in name:
+                p[...] = 0.0
+            else:
+                p[...] = rng.uniform(-k, k, p.shape)
+        if self.config.cell == "lstm":
+            for layer in range(self.config.layers):
+                self.params[f"rnn.bias_ih_l{layer}"][H : 2 * H] = 1.0
+
+    def load_params(self, tensors: dict[str, np.ndarray]) -> None:
+        for name, p in self.params.items():
+            p[...] = tensors[name]
+
+    # -- state ----------------------------------------------------------------
+
+    def zero_state(self, B: int) -> State:
+        return [layer.zero_state(B) for layer in self.rnn]
+
+    # -- training ---------------------------------------------------------------
+
+    def loss_and_grads(
+        self,
+        ids: np.ndarray,
+        targets: np.ndarray,
+        state: State,
+        rng: np.random.Generator | None = None,
+        dropout_masks: list[np.ndarray] | None = None,
+    ) -> tuple[float, State]:
+        """Mean cross-entropy (nats/char) of one chunk and its gradient.
+
+        ids, targets: (T, B) ints, targets[t] = ids[t+1] of the stream; state: the
+        carried state. Writes ∂L/∂params into ``self.grads`` (overwriting) and
+        returns (loss, final state). Dropout masks are drawn from ``rng`` when the
+        config has dropout, or given explicitly (for gradient checks).
+        """
+        T, B = ids.shape
+        masks = dropout_masks
+        if masks is None and self.config.dropout > 0.0 and rng is not None:
+            masks = self._draw_masks(rng, T, B)
+        top, new_state, inputs = self._forward(ids, state, masks)
+        H = self.config.hidden
+        logits = top.reshape(T * B, H) @ self.params["decoder.weight"].T
+        logits += self.params["decoder.bias"]
+        loss = softmax_cross_entropy_(logits, targets.reshape(-1))
+        dlogits = logits  # (T·B, V), now ∂L/∂logits
+        self.grad_flat.fill(0.0)
+        self.grads["decoder.weight"][...] = dlogits.T @ top.reshape(T * B, H)
+        self.grads["decoder.bias"][...] = dlogits.sum(axis=0)
+        grad = (dlogits @ self.params["decoder.weight"]).reshape(T, B, H)
+        self._backward(ids, grad, inputs, masks)
+        return loss, new_state
+
+    def _draw_masks(self, rng: np.random.Generator, T: int, B: int) -> list[np.ndarray]:
+        """Inverted-dropout masks, one (T, B, H) per layer output: 0 or 1/(1−p)."""
+        p = self.config.dropout
+        masks = []
+        for _ in range(self.config.layers):
+            m = rng.random((T, B, self.config.hidden), dtype=np.float32) >= p
+            masks.append(m.astype(self.dtype) * self.dtype.type(1.0 / (1.0 - p)))
+        return masks
+
+    def _forward(
+        self, ids: np.ndarray, state: State, masks: list[np.ndarray] | None
+    ) -> tuple[np.ndarray, State, list[np.ndarray]]:
+        """Run the stack. Returns (top output (T, B, H), final state, inputs of layers ≥ 1)."""
+        first = self.rnn[0]
+        table = self.params["embedding.weight"] @ first.w_ih.T  # (V, G·H)
+        table += first.b_ih
+        table += first.b_hh
+        out, s = first.forward_from_table(ids, table, state[0])
+        new_state = [s]
+        inputs = []  # the input of each layer ≥ 1, (T, B, H)
+        for layer in range(1, len(self.rnn)):
+            if masks is not None:
+                out = out * masks[layer - 1]
+            inputs.append(out)
+            out, s = self.rnn[layer].forward(out, state[layer])
+            new_state.append(s)
+        if masks is not None:
+            out = out * masks[-1]
+        return out, new_state, inputs
+
+    def _backward(self, ids: np.ndarray, grad: np.ndarray, inputs: list[np.ndarray], masks) -> None:
+        """grad: ∂L/∂(top output after dropout), (T, B, H)."""
+        T, B = ids.shape
+        for layer in range(len(self.rnn) - 1, -1, -1):
+            if masks is not None:
+                grad = grad * masks[layer]
+            cell = self.rnn[layer]
+            if layer > 0:
+                grad, _ = cell.backward(grad, inputs[layer - 1])
+            else:
+                cell.backward(grad, None)
+        # First layer: the input projection was a gather from Emb @ W_ih.T.
+        first = self.rnn[0]
+        flat_ids = ids.reshape(-1)
+        emb = self.params["embedding.weight"]
+        first.accumulate_input_weight_grad(emb[flat_ids])  # ∂L/∂W_ih += δz.T @ e
+        dpre = first.grad_pre().reshape(T * B, -1)
+        grad_e = dpre @ first.w_ih  # (T·B, E)
+        self.grads["embedding.weight"][...] = scatter_rows(flat_ids, grad_e, emb.shape[0])
+
+    # -- inference ------------------------------------------------------------
+
+    def forward_logits(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        """Logits (T·B, V) for every position of a (T, B) chunk; no dropout."""
+        T, B = ids.shape
+        top, new_state, _ = self._forward(ids, state, None)
+        logits = top.reshape(T * B, -1) @ self.params["decoder.weight"].T
+        logits += self.params["decoder.bias"]
+        return logits, new_state
+
+    def nll(self, ids: np.ndarray, targets: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        """−log p(target) in nats for each position, (T, B) float64; and the final state."""
+        logits, new_state = self.forward_logits(ids, state)
+        return log_softmax_pick(logits, targets.reshape(-1)).reshape(ids.shape), new_state

@@ -1,0 +1,75 @@
+"""Showing training progress on stderr: a tqdm bar on a terminal, plain lines otherwise."""
+
+from __future__ import annotations
+
+import math
+
+from rich.console import Console
+
+from charlm.train import Callbacks, Trainer, TrainSummary
+
+
+class TrainingDisplay(Callbacks):
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.interactive = console.file.isatty()
+        self.bar = None
+        self.val = math.nan
+
+    def on_start(self, trainer: Trainer) -> None:
+        m, c = trainer.model, trainer.config
+        budget = []
+        if c.steps is not None:
+            budget.append(f"{c.steps:,} steps")
+        if c.epochs is not None:
+            budget.append(f"{c.epochs:g} epochs")
+        if c.minutes is not None:
+            budget.append(f"{c.minutes:g} minutes")
+        self.console.print(
+            f"training a {m.config.layers}×{m.config.hidden} {m.config.cell.upper()} "
+            f"({m.num_params:,} parameters, vocabulary {m.config.vocab_size}) on "
+            f"{len(trainer.stream.ids):,} characters, validating on {len(trainer.val_ids):,}; "
+            f"budget {' or '.join(budget)}; run folder {trainer.run_dir}"
+        )
+        if self.interactive:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=trainer.total_steps,
+                unit="step",
+                file=self.console.file,
+                dynamic_ncols=True,
+                initial=trainer.step,
+                desc="train",
+            )
+
+    def on_step(self, trainer: Trainer, loss: float) -> None:
+        if self.bar is None:
+            return
+        if trainer.total_steps is not None and self.bar.total != trainer.total_steps:
+            self.bar.total = trainer.total_steps
+        self.bar.update(1)
+        if trainer.step % 10 == 0:
+            rate = self.bar.format_dict.get("rate") or 0.0
+            self.bar.set_postfix(
+                loss=f"{loss:.3f}",
+                val=f"{self.val:.3f}",
+                chars_s=f"{rate * trainer.chars_per_step:,.0f}",
+                refresh=False,
+            )
+
+    def on_eval(self, trainer: Trainer, record: dict) -> None:
+        self.val = record["val_loss"]
+        line = (
+            f"step {record['step']:>7,}  epoch {record['epoch']:6.2f}  train {record['train_loss']:.4f}  "
+            f"val {record['val_loss']:.4f} nats/char  lr {record['lr']:.2e}  "
+            f"{record['chars_per_s']:,.0f} chars/s  {record['elapsed']:.0f}s"
+        )
+        if self.bar is not None:
+            self.bar.write(line, file=self.console.file)
+        else:
+            self.console.print(line)
+
+    def on_end(self, trainer: Trainer, summary: TrainSummary) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,120 @@
+"""Character vocabulary: Unicode code points ↔ integer ids.
+
+The vocabulary is the sorted set of code points of the training text, so the
+same text always gives the same ids. Ids are ``uint16`` (at most 65,536
+symbols). Characters outside the vocabulary are never silently mapped to
+another symbol: ``encode`` either refuses them (``unknown="error"``) or drops
+them from the stream (``unknown="skip"``) and reports how many it dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from charlm.errors import CharlmError
+
+MAX_VOCAB = 65_536  # ids are stored as uint16
+
+
+def code_points(text: str) -> np.ndarray:
+    """The code points of ``text`` as a (len(text),) uint32 array, without a Python loop."""
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
+
+
+def describe_char(ch: str) -> str:
+    """A readable name for a character in messages: 'x', '\\n' or U+00A0."""
+    if ch.isprintable() and not ch.isspace():
+        return repr(ch)
+    return f"U+{ord(ch):04X}" if ch not in "\n\t\r " else repr(ch)
+
+
+@dataclass(frozen=True)
+class EncodeResult:
+    ids: np.ndarray  # (N,) uint16, unknown characters removed
+    unknown: Counter = field(default_factory=Counter)  # character → count dropped
+
+    @property
+    def unknown_count(self) -> int:
+        return sum(self.unknown.values())
+
+
+class Vocab:
+    """A fixed, ordered set of characters."""
+
+    def __init__(self, chars: str) -> None:
+        cps = np.unique(code_points(chars))
+        if cps.size != len(chars):
+            raise ValueError("vocabulary characters must be distinct")
+        if cps.size == 0:
+            raise CharlmError("the vocabulary is empty: the text has no characters")
+        if cps.size > MAX_VOCAB:
+            raise CharlmError(
+                f"the text has {cps.size:,} distinct characters; charlm models at most "
+                f"{MAX_VOCAB:,}. Use a smaller or more uniform text."
+            )
+        self._cps = cps.astype(np.uint32)  # (V,) sorted code points
+        self.chars = "".join(map(chr, self._cps.tolist()))
+        self._char_array = np.array(list(self.chars), dtype=object) if self.chars else None
+
+    @classmethod
+    def from_text(cls, text: str) -> Vocab:
+        return cls("".join(map(chr, np.unique(code_points(text)).tolist())))
+
+    def __len__(self) -> int:
+        return len(self.chars)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Vocab) and self.chars == other.chars
+
+    def __hash__(self) -> int:
+        return hash(self.chars)
+
+    def __contains__(self, ch: str) -> bool:
+        return self.index(ch) is not None
+
+    def index(self, ch: str) -> int | None:
+        cp = ord(ch)
+        i = int(np.searchsorted(self._cps, cp))
+        return i if i < len(self._cps) and self._cps[i] == cp else None
+
+    def encode(self, text: str, unknown: str = "error") -> EncodeResult:
+        """Text → ids. unknown: "error" raises CharlmError naming the unknown
+        characters; "skip" drops them and counts them."""
+        cps = code_points(text)
+        idx = np.searchsorted(self._cps, cps)
+        idx_c = np.minimum(idx, len(self._cps) - 1)
+        known = self._cps[idx_c] == cps
+        if known.all():
+            return EncodeResult(idx.astype(np.uint16))
+        missing = Counter(chr(c) for c in cps[~known].tolist())
+        if unknown == "error":
+            listed = ", ".join(describe_char(c) for c, _ in missing.most_common(10))
+            more = "" if len(missing) <= 10 else f" and {len(missing) - 10} more"
+            raise CharlmError(
+                f"{sum(missing.values())} character(s) not in the model's vocabulary: "
+                f"{listed}{more}. Remove them, or use --unknown skip to drop them."
+            )
+        return EncodeResult(idx[known].astype(np.uint16), missing)
+
+    def decode(self, ids) -> str:
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.size == 0:
+            return ""
+        return "".join(self._char_array[ids].tolist())
+
+    def to_json(self) -> str:
+        """JSON list of code points: unambiguous for any character, ASCII only."""
+        return json.dumps(self._cps.tolist())
+
+    @classmethod
+    def from_json(cls, s: str) -> Vocab:
+        cps = json.loads(s)
+        if not isinstance(cps, list) or not all(isinstance(c, int) and 0 <= c <= 0x10FFFF for c in cps):
+            raise ValueError("vocabulary must be a JSON list of code points")
+        if sorted(set(cps)) != cps:
+            raise ValueError("vocabulary code points must be sorted and distinct")
+        return cls("".join(map(chr, cps)))

@@ -1,0 +1,204 @@
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from charlm import checkpoint
+from charlm.checkpoint import Checkpoint, load, save
+from charlm.errors import CheckpointError
+from charlm.model import CharModel, ModelConfig
+from charlm.vocab import Vocab
+
+
+def make(tmp_path, cell="lstm", name="m.safetensors"):
+    vocab = Vocab.from_text("héllo wörld 🙂\n")
+    model = CharModel(ModelConfig(len(vocab), cell=cell, embed=3, hidden=5, layers=2, dropout=0.1), seed=4)
+    path = tmp_path / name
+    extra = {"optimizer.exp_avg": np.arange(model.num_params, dtype=np.float32)}
+    save(path, model, vocab, {"step": 7, "best_val": 1.5}, {"sha256": "ab"}, extra)
+    return path, model, vocab
+
+
+def test_round_trip_is_exact(tmp_path):
+    path, model, vocab = make(tmp_path)
+    ck = load(path)
+    assert isinstance(ck, Checkpoint)
+    assert ck.config == model.config
+    assert ck.vocab == vocab
+    assert ck.train == {"step": 7, "best_val": 1.5}
+    assert ck.corpus == {"sha256": "ab"}
+    for name, p in model.params.items():
+        assert np.array_equal(ck.params[name], p), name
+    assert np.array_equal(ck.extra["optimizer.exp_avg"], np.arange(model.num_params, dtype=np.float32))
+    rebuilt = ck.build_model()
+    assert np.array_equal(rebuilt.flat, model.flat)
+
+
+def test_tensors_are_pytorch_state_dict_layout(tmp_path):
+    path, model, _ = make(tmp_path)
+    header, meta = checkpoint.read_header(path)
+    H, E = 5, 3
+    assert header["rnn.weight_ih_l0"]["shape"] == [4 * H, E]
+    assert header["rnn.weight_hh_l1"]["shape"] == [4 * H, H]
+    assert header["rnn.bias_hh_l1"]["shape"] == [4 * H]
+    assert meta["format"] == "charlm" and meta["format_version"] == "1"
+    assert json.loads(meta["config"])["cell"] == "lstm"
+
+
+def test_interrupted_save_never_replaces_a_good_checkpoint(tmp_path, monkeypatch):
+    path, model, vocab = make(tmp_path)
+    before = path.read_bytes()
+
+    def crash(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", crash)
+    model.flat += 1.0
+    with pytest.raises(CheckpointError, match="No space left on device.*unchanged"):
+        save(path, model, vocab)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]  # no temp file left
+
+
+def test_kill_during_write_leaves_old_file(tmp_path, monkeypatch):
+    """A KeyboardInterrupt in the middle of writing acts like a crash: old file intact."""
+    path, model, vocab = make(tmp_path)
+    before = path.read_bytes()
+    real_replace = os.replace
+
+    def interrupted(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save(path, model, vocab)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert path.read_bytes() == before
+    load(path)
+
+
+def test_pickle_is_refused_without_unpickling(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    p = tmp_path / "evil.safetensors"
+    p.write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(CheckpointError, match="pickle"):
+        load(p)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "mutate,match",
+    [
+        (lambda b: b[: len(b) // 2], "truncated|damaged"),
+        (lambda b: b[:5], "too short"),
+        (lambda b: b"", "too short"),
+        (lambda b: b"PK\x03\x04" + b[4:], "zip"),
+        (lambda b: b"hello world, not a checkpoint at all", "not a safetensors|truncated"),
+    ],
+)
+def test_damaged_files_are_refused(tmp_path, mutate, match):
+    path, *_ = make(tmp_path)
+    path.write_bytes(mutate(path.read_bytes()))
+    with pytest.raises(CheckpointError, match=match):
+        load(path)
+
+
+def rewrite_meta(path, **changes):
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    for k, v in changes.items():
+        if v is None:
+            header["__metadata__"].pop(k)
+        else:
+            header["__metadata__"][k] = v
+    new = json.dumps(header).encode()
+    new += b" " * ((8 - len(new) % 8) % 8)
+    path.write_bytes(struct.pack("<Q", len(new)) + new + raw[8 + n :])
+
+
+@pytest.mark.parametrize(
+    "changes,match",
+    [
+        ({"format_version": "99"}, "version '99'"),
+        ({"config": "{not json"}, "'config' is not valid JSON"),
+        ({"config": None}, "'config' is missing"),
+        ({"vocab": "[1, 2"}, "vocabulary"),
+        ({"format": "other"}, "not one written by charlm"),
+        (
+            {
+                "config": json.dumps(
+                    {"vocab_size": 11, "cell": "lstm", "embed": 3, "hidden": 6, "layers": 2, "dropout": 0.1}
+                )
+            },
+            "shape",
+        ),
+    ],
+)
+def test_bad_metadata_is_refused(tmp_path, changes, match):
+    path, *_ = make(tmp_path)
+    rewrite_meta(path, **changes)
+    with pytest.raises(CheckpointError, match=match):
+        load(path)
+
+
+def test_missing_tensor_is_refused(tmp_path):
+    from safetensors.numpy import save_file
+
+    path, model, vocab = make(tmp_path)
+    _, meta = checkpoint.read_header(path)
+    tensors = {n: p for n, p in model.params.items() if n != "decoder.bias"}
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(CheckpointError, match="'decoder.bias' is missing"):
+        load(path)
+
+
+_GOOD: dict[str, bytes] = {}
+
+
+def good_bytes(tmp_path_factory) -> bytes:
+    if "b" not in _GOOD:
+        path, *_ = make(tmp_path_factory.mktemp("good"))
+        _GOOD["b"] = path.read_bytes()
+    return _GOOD["b"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_loader_fuzz_loads_or_refuses(tmp_path_factory, data):
+    """Random, truncated and bit-flipped files: loaded correctly or CheckpointError, nothing else."""
+    good = good_bytes(tmp_path_factory)
+    kind = data.draw(st.sampled_from(["random", "truncate", "flip", "splice"]))
+    if kind == "random":
+        blob = data.draw(st.binary(max_size=2048))
+    elif kind == "truncate":
+        blob = good[: data.draw(st.integers(0, len(good)))]
+    elif kind == "flip":
+        b = bytearray(good)
+        for pos in data.draw(st.lists(st.integers(0, len(good) - 1), min_size=1, max_size=8)):
+            b[pos] ^= 1 << data.draw(st.integers(0, 7))
+        blob = bytes(b)
+    else:
+        cut = data.draw(st.integers(0, len(good)))
+        blob = good[:cut] + data.draw(st.binary(max_size=64)) + good[cut:]
+    path = tmp_path_factory.mktemp("fuzz") / "f.safetensors"
+    path.write_bytes(blob)
+    try:
+        ck = load(path)
+    except CheckpointError as e:
+        assert str(e)
+    else:
+        model = ck.build_model()  # whatever loads is usable
+        assert np.isfinite(model.flat).all()

@@ -1,0 +1,134 @@
+"""End to end through the command line: CliRunner in-process, and the installed
+console script in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from charlm.cli import app
+from tests.conftest import SMALL_TEXT
+
+runner = CliRunner()
+TINY = ["--hidden", "16", "--embed", "8", "--layers", "1", "--batch-size", "4", "--seq-len", "16", "--eval-every", "4"]
+
+
+def train_tiny(tmp_path: Path, corpus: Path, steps: int = 6):
+    return runner.invoke(app, ["train", str(corpus), "--steps", str(steps), "--out", str(tmp_path / "runs"), *TINY])
+
+
+def test_train_sample_perplexity(tmp_path, small_corpus, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = train_tiny(tmp_path, small_corpus)
+    assert r.exit_code == 0, r.output
+    run = tmp_path / "runs" / "small"
+    assert {p.name for p in run.iterdir()} == {"best.safetensors", "last.safetensors", "metrics.jsonl"}
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [rec["step"] for rec in lines] == [4, 6]
+    assert set(lines[0]) >= {"step", "chars", "train_loss", "val_loss", "lr", "chars_per_s", "elapsed"}
+    assert "best validation loss" in r.stdout and "charlm sample --checkpoint" in r.stdout
+    assert "step" in r.stderr  # progress on stderr, not stdout
+    assert "step      4" not in r.stdout
+
+    # sample: newest run by default, exactly --length characters on stdout
+    s = runner.invoke(app, ["sample", "--length", "50", "--seed", "3"])
+    assert s.exit_code == 0, s.output
+    assert len(s.stdout) == 50
+    assert set(s.stdout) <= set(SMALL_TEXT)
+    again = runner.invoke(app, ["sample", "--length", "50", "--seed", "3"])
+    assert again.stdout == s.stdout
+
+    primed = runner.invoke(app, ["sample", "-n", "20", "--prime", "All:", "-t", "0"])
+    assert primed.exit_code == 0 and primed.stdout.startswith("All:") and len(primed.stdout) == 24
+
+    other = tmp_path / "heldout.txt"
+    other.write_text("All:\nSpeak, speak. Resolved!\n", encoding="utf-8")
+    p = runner.invoke(app, ["perplexity", str(other)])
+    assert p.exit_code == 0, p.output
+    values = dict(line.split(None, 1) for line in p.stdout.strip().splitlines())
+    nats = float(values["nats/char"])
+    assert math.isclose(float(values["bits/char"]), nats / math.log(2), rel_tol=1e-3)
+    assert math.isclose(float(values["perplexity"]), math.exp(nats), rel_tol=1e-3)
+    assert values["unknown"].startswith("1 ")  # '!' is not in the training text
+
+
+def test_perplexity_reads_stdin(tmp_path, tiny_checkpoint):
+    r = runner.invoke(app, ["perplexity", "-", "-c", str(tiny_checkpoint)], input="All:\nSpeak.\n")
+    assert r.exit_code == 0, r.output
+    assert "nats/char" in r.stdout
+
+
+def test_validation_loss_equals_perplexity_of_the_tail(tmp_path, small_corpus):
+    r = train_tiny(tmp_path, small_corpus, steps=4)
+    assert r.exit_code == 0, r.output
+    run = tmp_path / "runs" / "small"
+    val = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["val_loss"]
+    text = small_corpus.read_text()
+    tail = tmp_path / "tail.txt"
+    tail.write_text(text[len(text) - int(round(len(text) * 0.1)) :])
+    p = runner.invoke(app, ["perplexity", str(tail), "-c", str(run / "last.safetensors")])
+    got = float(p.stdout.split()[1])
+    assert abs(got - val) < 1e-3
+
+
+def test_no_run_yet_says_train_first(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(app, ["sample"])
+    assert r.exit_code == 1
+    assert "train" in r.stderr and "Traceback" not in r.output
+    assert r.stdout == ""
+
+
+def test_corpora_lists_shipped_texts():
+    r = runner.invoke(app, ["corpora"])
+    assert r.exit_code == 0, r.output
+    assert "shakespeare" in r.stdout and "news" in r.stdout
+    assert "1,115,394" in r.stdout and "1,254,779" in r.stdout
+
+
+def test_train_refuses_bad_corpus_without_creating_files(tmp_path):
+    bad = tmp_path / "img.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    r = runner.invoke(app, ["train", str(bad), "--out", str(tmp_path / "runs"), "--steps", "1"])
+    assert r.exit_code == 1
+    assert "PNG" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def console_script() -> str:
+    found = shutil.which("charlm", path=os.path.dirname(sys.executable)) or shutil.which("charlm")
+    if found is None:
+        pytest.fail("the charlm console script is not installed; install the package as the README says")
+    return found
+
+
+def run_cli(*args, cwd, input=None):
+    return subprocess.run([console_script(), *args], cwd=cwd, capture_output=True, text=True, input=input, timeout=300)
+
+
+def test_installed_console_script_end_to_end(tmp_path, small_corpus):
+    r = run_cli("train", str(small_corpus), "--steps", "4", *TINY, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "\r" not in r.stderr  # no progress bar when stderr is not a terminal
+    s = run_cli("sample", "--length", "50", "--seed", "1", cwd=tmp_path)
+    assert s.returncode == 0, s.stderr
+    assert len(s.stdout) == 50
+    p = run_cli("perplexity", "-", cwd=tmp_path, input=SMALL_TEXT[:300])
+    assert p.returncode == 0, p.stderr
+    assert "bits/char" in p.stdout
+
+
+def test_python_dash_m_and_fast_help(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "charlm", "--help"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0 and "train" in r.stdout
+    code = "import sys, charlm.cli; print('numpy' in sys.modules)"
+    lazy = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert lazy.stdout.strip() == "False"  # NumPy is imported only when a command needs it
