@@ -3,7 +3,7 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 
-.PHONY: install test lint format demo bench clean
+.PHONY: install test lint format demo bench bench-quality clean
 
 $(BIN)/charlm: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -27,8 +27,15 @@ demo: install                     ## train on Shakespeare for 3 minutes, then sa
 	$(BIN)/charlm train shakespeare --minutes 3
 	$(BIN)/charlm sample --length 300 --temperature 0.8
 
-bench: install                    ## charlm's own throughput benchmark
-	$(BIN)/charlm bench
+bench: install                    ## charlm vs PyTorch side by side → benchmarks/RESULTS.md (~10 min)
+	$(BIN)/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null \
+		|| $(BIN)/pip install -q torch==2.13.0
+	$(BIN)/python benchmarks/compare.py
+
+bench-quality: install            ## quality at equal time: 600 s of training per side (~21 min)
+	$(BIN)/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null \
+		|| $(BIN)/pip install -q torch==2.13.0
+	$(BIN)/python benchmarks/quality.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

@@ -19,7 +19,9 @@ so a damaged or foreign file is refused with a ``CheckpointError``.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +63,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that ``path`` is always either the old file
     or the complete new one: temp file in the same folder, fsync, os.replace."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # never named *.safetensors: nothing loads it
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -79,6 +81,38 @@ def atomic_write(path: Path, data: bytes) -> None:
             os.close(fd)
     except OSError:
         pass
+
+
+TEMP_NAME = re.compile(r"^\..+\.(\d+)\.tmp$")  # .<name>.<pid>.tmp, as atomic_write names them
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Delete the temporary files that atomic_write left in ``folder`` when its
+    process died mid-write (e.g. kill -9); a live process's file is left alone.
+    Returns what was removed."""
+    removed = []
+    for p in Path(folder).glob(".*.tmp"):
+        match = TEMP_NAME.match(p.name)
+        if match is None or _alive(int(match.group(1))):
+            continue
+        try:
+            p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except OSError:  # exists, but belongs to someone else
+        return True
+    return True
 
 
 def save(
@@ -131,29 +165,45 @@ def _refuse_foreign(path: Path, head: bytes) -> None:
         )
 
 
+def _short(value: object, limit: int = 40) -> str:
+    """repr(value) cut to ``limit`` characters, for messages about damaged files."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def read_header(path: Path) -> tuple[dict, dict]:
-    """(tensor entries, metadata) from the safetensors header, without reading tensors."""
+    """(tensor entries, metadata) from the safetensors header, without reading tensors.
+
+    Checks everything the header promises before any tensor is read: an 8-byte
+    length that fits the file, a JSON object, charlm's format and version, string
+    metadata, and for every tensor a known dtype, a shape of non-negative
+    integers and data offsets inside the file that match that shape.
+    """
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint. Train a model first with 'charlm train FILE'.")
-    if path.is_dir():
-        raise CheckpointError(f"{path}: is a directory; give a .safetensors file (or a run folder where accepted).")
     try:
+        if not path.exists():
+            raise CheckpointError(f"{path}: no such checkpoint. Train a model first with 'charlm train FILE'.")
+        if path.is_dir():
+            raise CheckpointError(f"{path}: is a directory; give a .safetensors file (or a run folder where accepted).")
         with open(path, "rb") as f:
             head = f.read(8)
             _refuse_foreign(path, head)
             if len(head) < 8:
                 raise CheckpointError(f"{path}: too short to be a checkpoint (truncated or empty file).")
             (n,) = struct.unpack("<Q", head)
-            size = path.stat().st_size
+            size = os.fstat(f.fileno()).st_size
             if n == 0 or n > MAX_HEADER or 8 + n > size:
                 raise CheckpointError(f"{path}: not a safetensors file, or truncated (bad header length).")
             raw = f.read(n)
     except OSError as e:
-        raise CheckpointError(f"{path}: cannot read it ({e.strerror}).") from None
+        raise CheckpointError(f"{path}: cannot read it ({e.strerror or e}).") from None
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # ValueError: bad JSON, or an integer too long
         raise CheckpointError(f"{path}: damaged checkpoint (the header is not valid JSON).") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: damaged checkpoint (the header is not a JSON object).")
@@ -163,26 +213,29 @@ def read_header(path: Path) -> tuple[dict, dict]:
     version = meta.get("format_version")
     if version != str(FORMAT_VERSION):
         raise CheckpointError(
-            f"{path}: checkpoint format version {version!r}; this charlm reads version {FORMAT_VERSION}. "
+            f"{path}: checkpoint format version {_short(version)}; this charlm reads version {FORMAT_VERSION}. "
             "Use the charlm version that wrote it, or retrain."
         )
+    if not all(isinstance(v, str) for v in meta.values()):
+        raise CheckpointError(f"{path}: damaged checkpoint (the metadata values are not all strings).")
     data_len = size - 8 - n
     for name, entry in header.items():
         ok = (
             isinstance(entry, dict)
-            and entry.get("dtype") in DTYPES
+            and isinstance(entry.get("dtype"), str)
+            and entry["dtype"] in DTYPES
             and isinstance(entry.get("shape"), list)
-            and all(isinstance(d, int) and d >= 0 for d in entry["shape"])
+            and all(_is_int(d) and d >= 0 for d in entry["shape"])
             and isinstance(entry.get("data_offsets"), list)
             and len(entry["data_offsets"]) == 2
-            and all(isinstance(o, int) for o in entry["data_offsets"])
+            and all(_is_int(o) for o in entry["data_offsets"])
         )
         if not ok:
-            raise CheckpointError(f"{path}: damaged checkpoint (bad entry for tensor {name!r}).")
+            raise CheckpointError(f"{path}: damaged checkpoint (bad entry for tensor {_short(name)}).")
         start, end = entry["data_offsets"]
-        nbytes = int(np.prod(entry["shape"], dtype=np.int64)) * np.dtype(DTYPES[entry["dtype"]]).itemsize
+        nbytes = math.prod(entry["shape"]) * np.dtype(DTYPES[entry["dtype"]]).itemsize
         if not 0 <= start <= end <= data_len or end - start != nbytes:
-            raise CheckpointError(f"{path}: damaged or truncated checkpoint (tensor {name!r} out of bounds).")
+            raise CheckpointError(f"{path}: damaged or truncated checkpoint (tensor {_short(name)} out of bounds).")
     return header, meta
 
 
@@ -191,30 +244,44 @@ def _json_field(path: Path, meta: dict, key: str):
         return json.loads(meta[key])
     except KeyError:
         raise CheckpointError(f"{path}: damaged checkpoint (metadata {key!r} is missing).") from None
-    except (TypeError, json.JSONDecodeError):
+    except (TypeError, ValueError, RecursionError):
         raise CheckpointError(f"{path}: damaged checkpoint (metadata {key!r} is not valid JSON).") from None
+
+
+def _model_config(path: Path, cfg: object, n_tensors: int) -> ModelConfig:
+    """The stored model config, refused unless every field has the right type and range
+    (sizes are integers ≥ 1 — 3.0 is not — and no more layers than the file has tensors for)."""
+    try:
+        if not isinstance(cfg, dict):
+            raise TypeError
+        config = ModelConfig.from_dict(cfg)
+        sizes = (config.vocab_size, config.embed, config.hidden, config.layers)
+        if not all(_is_int(v) and v >= 1 for v in sizes):
+            raise ValueError
+        if not isinstance(config.cell, str) or config.cell not in CELLS:
+            raise ValueError
+        d = config.dropout
+        if isinstance(d, bool) or not isinstance(d, int | float) or not 0.0 <= d < 1.0:
+            raise ValueError
+        if config.layers > n_tensors // 4:  # each layer has four tensors
+            raise ValueError
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{path}: damaged checkpoint (the model config is not valid).") from None
+    return config
 
 
 def load(path: Path, with_extra: bool = True) -> Checkpoint:
     """Read and fully validate a checkpoint; raises CheckpointError, nothing else."""
     path = Path(path)
     header, meta = read_header(path)
-    cfg = _json_field(path, meta, "config")
-    try:
-        config = ModelConfig.from_dict(cfg)
-        if config.cell not in CELLS or min(config.vocab_size, config.embed, config.hidden, config.layers) < 1:
-            raise ValueError
-        if not 0.0 <= config.dropout < 1.0:
-            raise ValueError
-        shapes = CharModel.param_shapes(config)
-    except (TypeError, ValueError):
-        raise CheckpointError(f"{path}: damaged checkpoint (the model config is not valid).") from None
+    config = _model_config(path, _json_field(path, meta, "config"), len(header))
     try:
         vocab = Vocab.from_json(meta.get("vocab", "null"))
     except Exception:
         raise CheckpointError(f"{path}: damaged checkpoint (the vocabulary is not valid).") from None
     if len(vocab) != config.vocab_size:
         raise CheckpointError(f"{path}: damaged checkpoint (vocabulary size does not match the config).")
+    shapes = CharModel.param_shapes(config)
     train = _json_field(path, meta, "train") if "train" in meta else {}
     corpus = _json_field(path, meta, "corpus") if "corpus" in meta else {}
     if not isinstance(train, dict) or not isinstance(corpus, dict):
@@ -231,8 +298,14 @@ def load(path: Path, with_extra: bool = True) -> Checkpoint:
         from safetensors.numpy import load as st_load
 
         tensors = st_load(path.read_bytes())
-    except Exception:
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException:  # SafetensorError, OSError, or a Rust panic (a BaseException)
         raise CheckpointError(f"{path}: damaged checkpoint (the tensor data cannot be read).") from None
+    for n, shape in shapes.items():  # the library's reading of the header must agree with ours
+        t = tensors.get(n)
+        if t is None or t.shape != shape or t.dtype not in (np.float32, np.float64):
+            raise CheckpointError(f"{path}: damaged checkpoint (tensor {n!r} cannot be read as {shape}).")
     params = {n: tensors[n].astype(np.float32, copy=False) for n in shapes}
     for n, p in params.items():
         if not np.isfinite(p).all():

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from charlm.errors import CharlmError
+
 SHIPPED = {
     "shakespeare": ("shakespeare.txt", "Tiny Shakespeare (karpathy/char-rnn), public domain"),
     "news": (
@@ -42,3 +44,33 @@ def resolve(name_or_path: str) -> tuple[Path, str]:
     if p.exists() or name_or_path not in SHIPPED:
         return p, p.stem or "corpus"
     return corpus_dir() / SHIPPED[name_or_path][0], name_or_path
+
+
+
+# Pretrained models, one per shipped corpus: charlm/models/NAME.safetensors in an
+# installed wheel, models/NAME.safetensors in a checkout.
+SHIPPED_MODELS = ("shakespeare", "news")
+
+
+def shipped_model(name: str) -> Path | None:
+    """The shipped pretrained model called ``name``, or None when it is not installed."""
+    here = Path(__file__).resolve().parent
+    for folder in (here / "models", here.parent / "models"):
+        if (folder / f"{name}.safetensors").is_file():
+            return folder / f"{name}.safetensors"
+    return None
+
+
+def resolve_model(name_or_path: str) -> Path:
+    """``--model``: a shipped model name or a checkpoint path → the checkpoint path.
+    A file that exists wins over a shipped name of the same spelling."""
+    p = Path(name_or_path)
+    if p.exists() or name_or_path not in SHIPPED_MODELS:
+        return p
+    found = shipped_model(name_or_path)
+    if found is None:
+        raise CharlmError(
+            f"no pretrained {name_or_path!r} model is shipped yet. Train one with 'charlm train {name_or_path}', "
+            f"then use --checkpoint runs/{name_or_path}."
+        )
+    return found

@@ -11,12 +11,15 @@ Training's validation loss is this same computation on the held-out text.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from charlm.errors import CharlmError
 from charlm.model import CharModel
+from charlm.vocab import Vocab, code_points, describe_char
 
 EVAL_BATCH = 64  # rows scored in parallel
 EVAL_SEQ = 128  # steps per forward pass
@@ -87,3 +90,167 @@ def surprisal(model: CharModel, ids: np.ndarray, **kw) -> np.ndarray:
     for pos, nats in surprisal_chunks(model, ids, **kw):
         out[pos.ravel()] = nats.ravel()
     return out
+
+
+# --------------------------------------------------------------------------- #
+# Sentences: log P(y<1>, …, y<T>) = Σ_t log P(y<t> | y<1>, …, y<t-1>)
+# --------------------------------------------------------------------------- #
+
+
+@dataclass(frozen=True)
+class SentenceScore:
+    text: str  # the sentence as given
+    nats: float  # −log P(sentence) in nats: the sum of the characters' surprisals
+    chars: int  # characters scored
+    unknown: int = 0  # characters dropped because the model has never seen them
+
+    @property
+    def log_prob(self) -> float:
+        """ln P(sentence), in nats (≤ 0)."""
+        return -self.nats
+
+    @property
+    def log10_prob(self) -> float:
+        """log₁₀ P(sentence): P = 10 ** log10_prob."""
+        return -self.nats / math.log(10)
+
+    @property
+    def nats_per_char(self) -> float:
+        return self.nats / self.chars if self.chars else float("nan")
+
+    @property
+    def bits_per_char(self) -> float:
+        return self.nats_per_char / math.log(2)
+
+
+def score_sentences(
+    model: CharModel,
+    vocab: Vocab,
+    sentences: Sequence[str],
+    unknown: str = "error",
+    batch_size: int = EVAL_BATCH,
+    seq_len: int = EVAL_SEQ,
+) -> list[SentenceScore]:
+    """Score each sentence on its own, as if it started a new line; results in input order.
+
+    The model is fed x<1> = "\n" from a<0> = c<0> = 0 when the vocabulary has a
+    newline, and every character y<t> of the sentence is scored:
+    −log P(sentence) = −Σ_t log ŷ<t>[y<t>]. Without a newline in the vocabulary
+    the first character is fed, not scored. unknown: "error" raises CharlmError
+    naming the characters the model has never seen; "skip" drops them.
+
+    Sentences are scored in batches of ``batch_size``, grouped by length and
+    padded at the end: padding comes after every scored position, so it never
+    changes a score.
+    """
+    if unknown not in ("error", "skip"):
+        raise ValueError(f"unknown must be 'error' or 'skip', not {unknown!r}")
+    start = vocab.index("\n")
+    encoded, dropped = [], []
+    missing: Counter = Counter()
+    where: list[int] = []
+    for i, sentence in enumerate(sentences):
+        enc = vocab.encode(sentence, unknown="skip")
+        if enc.unknown:
+            missing.update(enc.unknown)
+            where.append(i + 1)
+        ids = enc.ids.astype(np.int64)
+        encoded.append(ids if start is None else np.concatenate(([start], ids)))
+        dropped.append(enc.unknown_count)
+    if missing and unknown == "error":
+        listed = ", ".join(describe_char(c) for c, _ in missing.most_common(10))
+        more = "" if len(missing) <= 10 else f" and {len(missing) - 10} more"
+        which = ", ".join(map(str, where[:10])) + (", …" if len(where) > 10 else "")
+        raise CharlmError(
+            f"{sum(missing.values())} character(s) not in the model's vocabulary: {listed}{more} "
+            f"(sentence {which}). Remove them, or use --unknown skip to drop them."
+        )
+    nats = np.zeros(len(sentences))
+    lengths = np.array([len(ids) for ids in encoded], dtype=np.int64)
+    order = np.argsort(lengths, kind="stable")
+    for g in range(0, len(order), batch_size):
+        group = order[g : g + batch_size]
+        T = int(lengths[group].max()) - 1  # predicted positions of the longest
+        if T < 1:
+            continue
+        B = len(group)
+        x = np.zeros((T, B), np.int64)  # (T, B) inputs, padded with id 0
+        y = np.zeros((T, B), np.int64)  # (T, B) targets
+        keep = np.zeros((T, B))  # (T, B) 1 where a real character is predicted
+        for b, i in enumerate(group):
+            ids = encoded[i]
+            n = len(ids) - 1
+            if n > 0:
+                x[:n, b], y[:n, b], keep[:n, b] = ids[:-1], ids[1:], 1.0
+        state = model.zero_state(B)
+        total = np.zeros(B)
+        for s in range(0, T, seq_len):
+            e = min(T, s + seq_len)
+            chunk, state = model.nll(x[s:e], y[s:e], state)  # (T', B)
+            total += (chunk * keep[s:e]).sum(axis=0)
+        nats[group] = total
+    return [
+        SentenceScore(text, float(nats[i]), max(0, int(lengths[i]) - 1), dropped[i])
+        for i, text in enumerate(sentences)
+    ]
+
+
+# --------------------------------------------------------------------------- #
+# Surprisal of every character of a text, and where it is highest
+# --------------------------------------------------------------------------- #
+
+
+def text_surprisal(model: CharModel, vocab: Vocab, text: str) -> tuple[np.ndarray, Score]:
+    """−log p of every character of ``text`` given the text before it, in nats.
+
+    Returns a (len(text),) float64 array aligned with the text, NaN where a
+    character is not scored (the first known character, and characters the
+    model has never seen, which are neither scored nor fed), and the Score of
+    the whole text: the same figures as ``score_ids`` on the known characters.
+    """
+    cps = code_points(text)  # (N,)
+    known = np.flatnonzero(np.isin(cps, code_points(vocab.chars)))  # positions of known characters
+    enc = vocab.encode(text, unknown="skip")
+    nats = surprisal(model, enc.ids)  # (K−1,) for known characters 2..K
+    out = np.full(len(cps), np.nan)
+    out[known[1:]] = nats
+    return out, Score(float(nats.sum()), int(nats.size), enc.unknown_count)
+
+
+@dataclass(frozen=True)
+class Span:
+    start: int  # first character, 0-based offset into the text
+    end: int  # one past the last character
+    bits_per_char: float  # mean surprisal of the scored characters in [start, end), bits
+    scored: int  # how many characters of the span are scored
+
+
+def surprising_spans(nats: np.ndarray, width: int = 12, count: int = 5) -> list[Span]:
+    """The ``count`` non-overlapping windows of ``width`` characters with the highest
+    mean surprisal (over their scored characters), most surprising first.
+
+    nats: (N,) per-character surprisal in nats, NaN where not scored (as from
+    ``text_surprisal``). Window means come from one cumulative sum; windows are
+    taken greedily in order of decreasing mean, skipping any that overlaps one
+    already taken.
+    """
+    N = len(nats)
+    if N == 0 or count < 1:
+        return []
+    width = max(1, min(width, N))
+    scored = ~np.isnan(nats)
+    csum = np.concatenate(([0.0], np.cumsum(np.where(scored, nats, 0.0))))  # (N+1,)
+    ccount = np.concatenate(([0], np.cumsum(scored)))  # (N+1,)
+    totals = csum[width:] - csum[:-width]  # (N−width+1,) window sums, starts 0..N−width
+    counts = ccount[width:] - ccount[:-width]
+    means = np.where(counts > 0, totals / np.maximum(counts, 1), -np.inf)
+    taken = np.zeros(N, np.bool_)
+    spans: list[Span] = []
+    for s in np.argsort(-means, kind="stable"):
+        if means[s] == -np.inf or len(spans) == count:
+            break
+        if taken[s : s + width].any():
+            continue
+        taken[s : s + width] = True
+        spans.append(Span(int(s), int(s) + width, float(means[s]) / math.log(2), int(counts[s])))
+    return spans

@@ -270,7 +270,7 @@ class LSTM(Recurrent):
                 np.multiply(g, scale, out=g)
                 np.exp(g, out=g)
                 np.add(g, 1.0, out=g)
-                np.reciprocal(g, out=g)  # σ(z) for i, f, o; σ(2z) for g
+                np.divide(1.0, g, out=g)  # σ(z) for i, f, o; σ(2z) for g
                 cand = g[:, 2 * H : 3 * H]
                 np.multiply(cand, 2.0, out=cand)
                 np.subtract(cand, 1.0, out=cand)  # c̃ = tanh(z_g)
@@ -312,7 +312,8 @@ class LSTM(Recurrent):
         H = self.hidden_size
         G4 = G.reshape(T, B, 4, H)  # gate values, blocks i, f, g, o
         P4 = dG.reshape(T, B, 4, H)
-        # Step-independent factors, vectorized over all T steps before the loop:
+        # Step-independent factors, vectorized over all T steps before the loop
+        # (measured faster than computing them step by step in the forward loop):
         #   P_i = c̃ ∗ Γu(1 − Γu)      P_f = c<t-1> ∗ Γf(1 − Γf)
         #   P_g = Γu ∗ (1 − c̃²)       P_o = tanh c<t> ∗ Γo(1 − Γo)
         #   K   = Γo ∗ (1 − tanh² c<t>)
@@ -348,6 +349,319 @@ class LSTM(Recurrent):
             np.multiply(dc, G4[t, :, 1], out=dc)  # ∂L/∂c<t-1> = δc ∗ Γf
             np.matmul(dG[t], w_hh, out=da)  # ∂L/∂a<t-1> = δz @ W_hh
         return (da, dc)
+
+
+# --------------------------------------------------------------------------- #
+# The rest of the seeds' recurrent family: vanilla RNN, full GRU, bidirectional
+# --------------------------------------------------------------------------- #
+
+
+class RNN(Recurrent):
+    """Vanilla recurrent layer, laid out like PyTorch's ``nn.RNN(nonlinearity="tanh")``
+    (``weight_ih`` (H, D), ``weight_hh`` (H, H), ``bias_ih``, ``bias_hh`` (H,)), so
+    its weights load into that module unchanged:
+
+        a<t> = tanh(Wa[a<t-1>, x<t>] + ba) = tanh(W_hh a<t-1> + W_ih x<t> + b_ih + b_hh)
+
+    tanh(z) is computed as 2 / (1 + exp(−2z)) − 1, since NumPy's float32 exp is
+    faster than its tanh here. The factor −2 is applied once to the input
+    projection of the whole chunk and to a scaled copy of W_hh, so a step is one
+    GEMM and four element-wise operations.
+
+    Backward, per step (δa = ∂L/∂a<t>):
+
+        δz = δa ∗ (1 − a<t>²)           (1 − a<t>² for all T before the loop)
+        ∂L/∂a<t-1> = δz @ W_hh
+
+    Memory: the workspace holds 2·(T, B, H) + (T + 1, B, H) floats and (H, H).
+    """
+
+    gates = 1
+    state_names = ("a",)
+
+    def _extra_buffers(self, T: int, B: int) -> dict[str, np.ndarray]:
+        H = self.hidden_size
+        return {"w_scaled": np.empty((H, H), self.dtype)}  # −2 W_hh
+
+    def _run(self, ws, state):
+        (a0,) = state
+        P, A, z = ws["pre"], ws["a"], ws["z"]
+        T, B, _ = P.shape
+        _state_shape_check(a0, B, self.hidden_size)
+        w_t = np.multiply(self.w_hh, -2.0, out=ws["w_scaled"]).T  # (H, H) view
+        np.multiply(P, -2.0, out=P)  # −2 (W_ih x<t> + b) for every t, (T, B, H)
+        A[0] = a0
+        with np.errstate(over="ignore", under="ignore"):
+            for t in range(T):
+                np.matmul(A[t], w_t, out=z)
+                np.add(z, P[t], out=z)  # −2 z<t>, (B, H)
+                np.exp(z, out=z)
+                np.add(z, 1.0, out=z)
+                np.divide(2.0, z, out=z)
+                np.subtract(z, 1.0, out=A[t + 1])  # a<t> = tanh z<t>
+        return A[1:], (A[T].copy(),)
+
+    def step(self, pre, state):
+        (a,) = state
+        if not hasattr(self, "_step_buf"):
+            self._step_buf = np.empty(self.hidden_size, self.dtype)
+        z = self._step_buf
+        np.matmul(self.w_hh, a, out=z)
+        pre += z
+        np.tanh(pre, out=a)  # at batch 1 np.tanh beats the exp route (fewer calls)
+        return a
+
+    def _recur_backward(self, ws, grad_out, grad_state):
+        A, dZ = ws["a"], ws["dpre"]
+        T, B, H = dZ.shape
+        np.multiply(A[1:], A[1:], out=dZ)
+        np.subtract(1.0, dZ, out=dZ)  # 1 − a<t>², (T, B, H)
+        da = np.zeros((B, H), self.dtype)  # ∂L/∂a<t>, recurrent part
+        if grad_state is not None:
+            da += grad_state[0]
+        w_hh = self.w_hh
+        for t in range(T - 1, -1, -1):
+            np.add(da, grad_out[t], out=da)
+            np.multiply(dZ[t], da, out=dZ[t])  # δz<t>
+            np.matmul(dZ[t], w_hh, out=da)  # ∂L/∂a<t-1> = δz @ W_hh
+        return (da,)
+
+
+class GRU(Recurrent):
+    """The seeds' full gated recurrent unit, fused blocks in the order (r, u, c̃).
+
+    The memory cell is the hidden state (a<t> = c<t>). With W[·] the H-row block
+    of a fused weight, Wr[c<t-1>, x<t>] = W_hh[r] c<t-1> + W_ih[r] x<t> and
+    br = b_ih[r] + b_hh[r] (likewise for u and c̃):
+
+        Γr = σ(Wr[c<t-1>, x<t>] + br)                 (relevance gate)
+        Γu = σ(Wu[c<t-1>, x<t>] + bu)                 (update gate)
+        c̃<t> = tanh(Wc[Γr ∗ c<t-1>, x<t>] + bc)       (candidate)
+        c<t> = Γu ∗ c̃<t> + (1 − Γu) ∗ c<t-1>
+        a<t> = c<t>
+
+    Γr multiplies c<t-1> *before* the recurrent product, as in the seeds.
+    PyTorch's ``nn.GRU`` applies it after, Γr ∗ (W_hh[c̃] c<t-1> + b_hh[c̃]), and
+    swaps the roles of Γu and 1 − Γu, so these tensors, though named and shaped
+    like ``nn.GRU``'s (``weight_ih`` (3H, D), ``weight_hh`` (3H, H)), do not load
+    into it.
+
+    A step is one (B, 2H) GEMM for Γr, Γu, the product Γr ∗ c<t-1>, and one
+    (B, H) GEMM for c̃. σ(z) = 1 / (1 + exp(−z)) and tanh(z) = 2 / (1 + exp(−2z)) − 1
+    share one exp each; their factors −1 and −2 are applied once to the chunk's
+    input projection and to a scaled copy of W_hh.
+
+    Backward, per step (δa = ∂L/∂c<t>):
+
+        δz_c = δa ∗ Γu ∗ (1 − c̃²)                    δz_u = δa ∗ (c̃ − c<t-1>) ∗ Γu(1 − Γu)
+        δs   = δz_c @ W_hh[c̃]                          (s = Γr ∗ c<t-1>)
+        δz_r = δs ∗ c<t-1> ∗ Γr(1 − Γr)
+        ∂L/∂c<t-1> = δa ∗ (1 − Γu) + δs ∗ Γr + [δz_r, δz_u] @ W_hh[r, u]
+
+    The factors multiplying δa and δs are computed for all T before the loop.
+    ∂L/∂W_hh[c̃] is one GEMM against the stored s, the r and u blocks one GEMM
+    against c<t-1>.
+
+    Memory: the workspace holds 2·(T, B, 3H) + 3·(T, B, H) floats and 3·(H, H).
+    """
+
+    gates = 3
+    state_names = ("a",)
+
+    def _extra_buffers(self, T: int, B: int) -> dict[str, np.ndarray]:
+        H, dt = self.hidden_size, self.dtype
+        scale = np.full(3 * H, -1.0, dt)
+        scale[2 * H :] = -2.0  # exp(−2 z_c) gives tanh via 2σ(2z) − 1
+        return {
+            "s": np.empty((T, B, H), dt),  # Γr ∗ c<t-1>
+            "k": np.empty((T, B, H), dt),  # 1 − Γu, backward only
+            "w_ru": np.empty((2 * H, H), dt),  # −W_hh[r, u]
+            "w_c": np.empty((H, H), dt),  # −2 W_hh[c̃]
+            "z_ru": np.empty((B, 2 * H), dt),  # recurrent projection for r, u
+            "neg_scale": scale,  # (3H,)
+        }
+
+    def _run(self, ws, state):
+        (a0,) = state
+        G, A, S = ws["pre"], ws["a"], ws["s"]
+        T, B, _ = G.shape
+        H = self.hidden_size
+        _state_shape_check(a0, B, H)
+        w_ru = np.multiply(self.w_hh[: 2 * H], -1.0, out=ws["w_ru"]).T  # (H, 2H) view
+        w_c = np.multiply(self.w_hh[2 * H :], -2.0, out=ws["w_c"]).T  # (H, H) view
+        np.multiply(G, ws["neg_scale"], out=G)  # −z_r, −z_u, −2 z_c input parts, (T, B, 3H)
+        z_ru, z_c, tmp = ws["z_ru"], ws["h1"], ws["h2"]
+        A[0] = a0
+        with np.errstate(over="ignore", under="ignore"):
+            for t in range(T):
+                g = G[t]  # (B, 3H) pre-activations → Γr, Γu, c̃
+                ru, cand = g[:, : 2 * H], g[:, 2 * H :]
+                np.matmul(A[t], w_ru, out=z_ru)
+                np.add(z_ru, ru, out=z_ru)
+                np.exp(z_ru, out=z_ru)
+                np.add(z_ru, 1.0, out=z_ru)
+                np.reciprocal(z_ru, out=ru)  # Γr, Γu
+                np.multiply(g[:, :H], A[t], out=S[t])  # s = Γr ∗ c<t-1>
+                np.matmul(S[t], w_c, out=z_c)
+                np.add(z_c, cand, out=z_c)
+                np.exp(z_c, out=z_c)
+                np.add(z_c, 1.0, out=z_c)
+                np.divide(2.0, z_c, out=z_c)
+                np.subtract(z_c, 1.0, out=cand)  # c̃<t>
+                np.subtract(cand, A[t], out=tmp)
+                np.multiply(tmp, g[:, H : 2 * H], out=tmp)
+                np.add(A[t], tmp, out=A[t + 1])  # c<t> = c<t-1> + Γu ∗ (c̃<t> − c<t-1>)
+        return A[1:], (A[T].copy(),)
+
+    def step(self, pre, state):
+        (a,) = state
+        H = self.hidden_size
+        if not hasattr(self, "_step_bufs"):
+            self._step_bufs = (np.empty(2 * H, self.dtype), np.empty(H, self.dtype), np.empty(H, self.dtype))
+        z_ru, s, tmp = self._step_bufs
+        np.matmul(self.w_hh[: 2 * H], a, out=z_ru)
+        ru = pre[: 2 * H]
+        ru += z_ru
+        with np.errstate(over="ignore"):
+            sigmoid_(ru)  # Γr, Γu
+        np.multiply(pre[:H], a, out=s)
+        np.matmul(self.w_hh[2 * H :], s, out=tmp)
+        cand = pre[2 * H :]
+        cand += tmp
+        np.tanh(cand, out=cand)  # c̃<t>
+        np.subtract(cand, a, out=tmp)
+        tmp *= pre[H : 2 * H]
+        a += tmp
+        return a
+
+    def _recur_backward(self, ws, grad_out, grad_state):
+        G, A, K, dG = ws["pre"], ws["a"], ws["k"], ws["dpre"]
+        T, B, _ = G.shape
+        H = self.hidden_size
+        G3 = G.reshape(T, B, 3, H)  # gate values, blocks r, u, c̃
+        P3 = dG.reshape(T, B, 3, H)
+        R, U, Cand, prev = G3[:, :, 0], G3[:, :, 1], G3[:, :, 2], A[:-1]
+        Pr, Pu, Pc = P3[:, :, 0], P3[:, :, 1], P3[:, :, 2]
+        # Step-independent factors, vectorized over all T steps before the loop:
+        #   P_r = c<t-1> ∗ Γr(1 − Γr)   P_u = (c̃ − c<t-1>) ∗ Γu(1 − Γu)   P_c = Γu ∗ (1 − c̃²)   K = 1 − Γu
+        # so that inside the loop δz_r = δs ∗ P_r and δz_{u,c} = δa ∗ P_{u,c}.
+        np.subtract(1.0, R, out=Pr)
+        np.multiply(Pr, R, out=Pr)
+        np.multiply(Pr, prev, out=Pr)
+        np.subtract(1.0, U, out=K)
+        np.multiply(K, U, out=Pu)
+        np.subtract(Cand, prev, out=Pc)  # scratch
+        np.multiply(Pu, Pc, out=Pu)
+        np.multiply(Cand, Cand, out=Pc)
+        np.subtract(1.0, Pc, out=Pc)
+        np.multiply(Pc, U, out=Pc)
+
+        da = np.zeros((B, H), self.dtype)  # ∂L/∂c<t>, recurrent part
+        if grad_state is not None:
+            da += grad_state[0]
+        ds, tmp = ws["h1"], ws["h2"]
+        da_b = da[:, None, :]  # (B, 1, H) broadcast over the u, c̃ blocks
+        w_ru, w_c = self.w_hh[: 2 * H], self.w_hh[2 * H :]
+        for t in range(T - 1, -1, -1):
+            np.add(da, grad_out[t], out=da)
+            p, dg = P3[t], dG[t]  # (B, 3, H), the same memory as (B, 3H)
+            np.multiply(p[:, 1:], da_b, out=p[:, 1:])  # δz_u, δz_c
+            np.matmul(dg[:, 2 * H :], w_c, out=ds)  # δs, s = Γr ∗ c<t-1>
+            np.multiply(p[:, 0], ds, out=p[:, 0])  # δz_r
+            np.multiply(da, K[t], out=da)  # δa ∗ (1 − Γu)
+            np.multiply(ds, G3[t, :, 0], out=ds)
+            np.add(da, ds, out=da)
+            np.matmul(dg[:, : 2 * H], w_ru, out=tmp)
+            np.add(da, tmp, out=da)  # ∂L/∂c<t-1>
+        return (da,)
+
+    def _grad_hh(self, dpre2d: np.ndarray, states2d: np.ndarray, ws) -> None:
+        H = self.hidden_size
+        self.grad_w_hh[: 2 * H] += dpre2d[:, : 2 * H].T @ states2d  # against c<t-1>
+        self.grad_w_hh[2 * H :] += dpre2d[:, 2 * H :].T @ ws["s"].reshape(-1, H)  # against Γr ∗ c<t-1>
+
+
+class Bidirectional:
+    """Two recurrent layers over the same sequence, one forward and one backward
+    in time, their outputs concatenated:
+
+        a→<t> = cell→(x<t>, a→<t-1>)      t = 1, …, T
+        a←<t> = cell←(x<t>, a←<t+1>)      t = T, …, 1
+        a<t>  = [a→<t>, a←<t>]            (B, H→ + H←)
+
+    Any cells work (LSTM, GRU, RNN, mixed). Each output depends on the whole
+    sequence x<1..T>, which is what scoring or tagging a complete sequence needs
+    and what a generator cannot have: the next character is not yet written when
+    it is predicted, so a←<t> does not exist while sampling. A library layer:
+    ``CharModel`` does not use it.
+
+    Backward: ∂L/∂a<t> splits into its two halves; each cell runs its own
+    backward pass (the backward cell in reversed time) and the two ∂L/∂x<t> add.
+    Each cell accumulates into its own gradient arrays.
+    """
+
+    def __init__(self, forward_cell: Recurrent, backward_cell: Recurrent) -> None:
+        if forward_cell.input_size != backward_cell.input_size:
+            raise ValueError("both directions must take the same input size")
+        self.fwd = forward_cell
+        self.bwd = backward_cell
+        self._x_rev: np.ndarray | None = None  # the reversed input of the last forward
+
+    @property
+    def input_size(self) -> int:
+        return self.fwd.input_size
+
+    @property
+    def hidden_size(self) -> int:
+        return self.fwd.hidden_size + self.bwd.hidden_size
+
+    def zero_state(self, B: int) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+        return self.fwd.zero_state(B), self.bwd.zero_state(B)
+
+    def forward(self, x: np.ndarray, state: tuple | None = None) -> tuple[np.ndarray, tuple]:
+        """x: (T, B, D). state: (initial state of cell→ before x<1>, initial state
+        of cell← after x<T>), or None for zeros. Returns [a→<t>, a←<t>] as a new
+        (T, B, H→ + H←) array and the final states (cell→ after x<T>, cell← after x<1>)."""
+        T, B, _ = x.shape
+        if state is None:
+            state = self.zero_state(B)
+        out_f, s_f = self.fwd.forward(x, state[0])
+        self._x_rev = np.ascontiguousarray(x[::-1])  # x<T..1>
+        out_b, s_b = self.bwd.forward(self._x_rev, state[1])
+        Hf = self.fwd.hidden_size
+        out = np.empty((T, B, self.hidden_size), out_f.dtype)
+        out[:, :, :Hf] = out_f
+        out[:, :, Hf:] = out_b[::-1]
+        return out, (s_f, s_b)
+
+    def backward(self, grad_out: np.ndarray, x: np.ndarray, grad_state: tuple | None = None) -> tuple[np.ndarray, tuple]:
+        """grad_out: (T, B, H→ + H←) ∂L/∂a<t>; x: the input of the last forward;
+        grad_state: ∂L/∂(both final states) or None. Accumulates both cells'
+        parameter gradients; returns (∂L/∂x (T, B, D), ∂L/∂(both initial states))."""
+        assert self._x_rev is not None, "backward without forward"
+        Hf = self.fwd.hidden_size
+        gs_f, gs_b = (None, None) if grad_state is None else grad_state
+        grad_x, gi_f = self.fwd.backward(np.ascontiguousarray(grad_out[:, :, :Hf]), x, gs_f)
+        grad_x_rev, gi_b = self.bwd.backward(np.ascontiguousarray(grad_out[::-1, :, Hf:]), self._x_rev, gs_b)
+        grad_x += grad_x_rev[::-1]
+        return grad_x, (gi_f, gi_b)
+
+
+def new_layer(
+    cls: type[Recurrent], input_size: int, hidden_size: int, rng: np.random.Generator, dtype=np.float32
+) -> Recurrent:
+    """A stand-alone recurrent layer that owns its parameters and zeroed gradients,
+    initialised like ``CharModel``: weights U(−1/√H, 1/√H), biases 0, and the
+    LSTM forget-gate bias 1."""
+    G, H = cls.gates * hidden_size, hidden_size
+    k = 1.0 / np.sqrt(H)
+    w_ih = rng.uniform(-k, k, (G, input_size)).astype(dtype)
+    w_hh = rng.uniform(-k, k, (G, H)).astype(dtype)
+    b_ih, b_hh = np.zeros(G, dtype), np.zeros(G, dtype)
+    if cls is LSTM:
+        b_ih[H : 2 * H] = 1.0
+    grads = [np.zeros_like(p) for p in (w_ih, w_hh, b_ih, b_hh)]
+    return cls(input_size, hidden_size, w_ih, w_hh, b_ih, b_hh, *grads)
 
 
 # --------------------------------------------------------------------------- #

@@ -20,14 +20,16 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from charlm.layers import (
+    GRU,
     LSTM,
+    RNN,
     Recurrent,
     log_softmax_pick,
     scatter_rows,
     softmax_cross_entropy_,
 )
 
-CELLS: dict[str, type[Recurrent]] = {"lstm": LSTM}
+CELLS: dict[str, type[Recurrent]] = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
 
 
 @dataclass(frozen=True)
@@ -55,14 +57,18 @@ State = list[tuple[np.ndarray, ...]]  # one tuple of (B, H) arrays per layer
 class CharModel:
     """Embedding → ``layers`` recurrent cells → Linear decoder, with hand-written backward."""
 
-    def __init__(self, config: ModelConfig, dtype=np.float32, seed: int = 0) -> None:
+    def __init__(self, config: ModelConfig, dtype=np.float32, seed: int = 0, share: CharModel | None = None) -> None:
+        """A new model with initialised weights; or, with ``share``, a replica that
+        uses ``share``'s parameters and has its own gradients and work buffers
+        (for data parallelism, see ``charlm.parallel``)."""
         if config.cell not in CELLS:
             raise ValueError(f"unknown cell {config.cell!r}")
         self.config = config
         self.dtype = np.dtype(dtype)
         self.shapes = self.param_shapes(config)
         total = sum(int(np.prod(s)) for s in self.shapes.values())
-        self.flat = np.zeros(total, self.dtype)  # every parameter, contiguous
+        # every parameter, contiguous
+        self.flat = share.flat if share is not None else np.zeros(total, self.dtype)
         self.grad_flat = np.zeros(total, self.dtype)  # ∂L/∂flat
         self.params: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
@@ -84,7 +90,8 @@ class CharModel:
                     *(self.grads[n] for n in names),
                 )
             )
-        self.init_weights(np.random.default_rng(seed))
+        if share is None:
+            self.init_weights(np.random.default_rng(seed))
 
     # -- parameters -------------------------------------------------------
 
@@ -207,14 +214,22 @@ class CharModel:
                 grad, _ = cell.backward(grad, inputs[layer - 1])
             else:
                 cell.backward(grad, None)
-        # First layer: the input projection was a gather from Emb @ W_ih.T.
+        # First layer: its input projection was a row gather from table = Emb @ W_ih.T + b.
         first = self.rnn[0]
         flat_ids = ids.reshape(-1)
-        emb = self.params["embedding.weight"]
-        first.accumulate_input_weight_grad(emb[flat_ids])  # ∂L/∂W_ih += δz.T @ e
-        dpre = first.grad_pre().reshape(T * B, -1)
-        grad_e = dpre @ first.w_ih  # (T·B, E)
-        self.grads["embedding.weight"][...] = scatter_rows(flat_ids, grad_e, emb.shape[0])
+        emb = self.params["embedding.weight"]  # (V, E)
+        dpre = first.grad_pre().reshape(T * B, -1)  # (T·B, G·H)
+        V, E = emb.shape
+        if V <= 2 * E:
+            # Small vocabulary: gradient of the table first, one (V, T·B) @ (T·B, G·H)
+            # product, then through table = Emb @ W_ih.T with two tiny products.
+            grad_table = scatter_rows(flat_ids, dpre, V)  # (V, G·H)
+            first.grad_w_ih += grad_table.T @ emb  # (G·H, E)
+            self.grads["embedding.weight"][...] = grad_table @ first.w_ih  # (V, E)
+        else:
+            first.accumulate_input_weight_grad(emb[flat_ids])  # ∂L/∂W_ih += δz.T @ e
+            grad_e = dpre @ first.w_ih  # (T·B, E)
+            self.grads["embedding.weight"][...] = scatter_rows(flat_ids, grad_e, V)
 
     # -- inference ------------------------------------------------------------
 

@@ -7,6 +7,7 @@ these is a few whole-array NumPy operations per step.
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import numpy as np
 
@@ -39,24 +40,42 @@ class Adam:
         self._tmp = np.empty(size, dtype)
         self._tmp2 = np.empty(size, dtype)
 
-    def step(self, params: np.ndarray, grad: np.ndarray, lr: float) -> None:
-        b1, b2, tmp, tmp2 = self.beta1, self.beta2, self._tmp, self._tmp2
+    def step(self, params: np.ndarray, grad: np.ndarray, lr: float, run=None) -> None:
+        """One update of the flat ``params`` with gradient ``grad``.
+
+        ``run``, if given, takes a list of functions and calls them, possibly on
+        several cores (e.g. ``DataParallel.run_all``). The update is element-wise,
+        so splitting the arrays into parts gives exactly the serial result.
+        """
         self.t += 1
-        self.m *= b1
-        np.multiply(grad, 1.0 - b1, out=tmp)
-        self.m += tmp
-        self.v *= b2
-        np.multiply(grad, grad, out=tmp)
+        bc1 = 1.0 - self.beta1**self.t
+        bc2 = 1.0 - self.beta2**self.t
+        if run is None:
+            self._update(slice(None), params, grad, lr, bc1, bc2)
+            return
+        n = params.size
+        bounds = [round(n * k / 2) for k in range(3)]
+        run([
+            lambda s=slice(lo, hi): self._update(s, params, grad, lr, bc1, bc2)
+            for lo, hi in pairwise(bounds)
+        ])
+
+    def _update(self, part: slice, params, grad, lr: float, bc1: float, bc2: float) -> None:
+        b1, b2 = self.beta1, self.beta2
+        m, v, g, tmp, tmp2 = self.m[part], self.v[part], grad[part], self._tmp[part], self._tmp2[part]
+        m *= b1
+        np.multiply(g, 1.0 - b1, out=tmp)
+        m += tmp
+        v *= b2
+        np.multiply(g, g, out=tmp)
         tmp *= 1.0 - b2
-        self.v += tmp
-        bc1 = 1.0 - b1**self.t
-        bc2 = 1.0 - b2**self.t
-        np.sqrt(self.v, out=tmp)
+        v += tmp
+        np.sqrt(v, out=tmp)
         tmp *= 1.0 / math.sqrt(bc2)
         tmp += self.eps
-        np.divide(self.m, tmp, out=tmp2)
+        np.divide(m, tmp, out=tmp2)
         tmp2 *= lr / bc1
-        params -= tmp2
+        params[part] -= tmp2
 
 
 def learning_rate(step: int, total: int, base: float, warmup: int, final_frac: float) -> float:

@@ -54,3 +54,24 @@ def checkpoint_in(path: Path, which: str = "best") -> Path:
 def newest_checkpoint(runs: Path = DEFAULT_RUNS) -> Path | None:
     found = list_runs(runs)
     return checkpoint_in(found[0]) if found else None
+
+
+def resume_checkpoint(target: Path | None, runs: Path = DEFAULT_RUNS) -> Path:
+    """The checkpoint ``--resume`` continues from: a checkpoint file as given, a run
+    folder's last.safetensors, or (target None) the newest run's under ``runs``."""
+    if target is None:
+        found = list_runs(runs)
+        if not found:
+            raise CharlmError(
+                f"no run under {runs} to resume. Give the run folder (--resume runs/NAME) or --out FOLDER, "
+                "or start a new run without --resume."
+            )
+        target = found[0]
+    if target.is_dir():
+        last = target / "last.safetensors"
+        if not last.is_file():
+            raise CharlmError(f"{target}: no last.safetensors in this folder, so there is no run to resume here.")
+        return last
+    if not target.exists():
+        raise CharlmError(f"{target}: no such run folder or checkpoint. Give a folder under runs/ to --resume.")
+    return target

@@ -2,8 +2,11 @@
 
 At each step the model gives logits u<t> over the vocabulary; the next character
 is drawn from ŷ<t> = softmax(u<t> / τ), where the temperature τ sharpens (τ < 1)
-or flattens (τ > 1) the distribution, and τ = 0 takes the argmax (greedy). The
-drawn character is fed back as x<t+1>.
+or flattens (τ > 1) the distribution, and τ = 0 takes the argmax (greedy). Two
+filters can cut the tail of ŷ<t> before the draw (see ``Decoder``): top-k keeps
+the k most likely characters, top-p (nucleus) the smallest set of most likely
+characters whose probabilities add up to p. The drawn character is fed back as
+x<t+1>.
 
 Sampling runs at batch 1, so it is latency-bound: the first layer's input
 projection is a precomputed (V, G·H) table, every array is allocated once, and
@@ -12,12 +15,113 @@ the per-character loop calls NumPy a fixed, small number of times.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import numpy as np
 
 from charlm.model import CharModel
 from charlm.vocab import Vocab
+
+
+class Decoder:
+    """Logits u<t> (V,) and a uniform number U ∈ [0, 1) → the id of the next character.
+
+    With τ = ``temperature``, k = ``top_k`` and p = ``top_p``, in this order:
+
+        τ = 0:  x<t+1> = argmax u<t>                               (greedy; k and p are moot)
+        top-k:  K = {i : u_i ≥ k-th largest u}                      (every id when k is None or ≥ V)
+        w_i     = exp((u_i − max u) / τ) for i ∈ K, else 0          (∝ softmax(u<t>/τ) on K)
+        top-p:  w_i ← 0 unless w_i ≥ w_(j), where w_(j) is the smallest weight of the
+                smallest set of largest weights whose sum reaches p·Σw   (nucleus)
+        draw:   x<t+1> = min{i : w_1 + … + w_i > U·Σw}                 (inverse CDF)
+
+    ``choose`` overwrites the logits it is given and allocates no array: the
+    scratch vectors are made once, top-k is one in-place partition of a copy and
+    top-p one in-place sort of a copy, so each character costs a fixed handful of
+    NumPy calls on V-sized buffers. Filtered-out ids have weight exactly 0 and can
+    never be drawn.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        dtype=np.float32,
+    ) -> None:
+        if not (math.isfinite(temperature) and temperature >= 0.0):
+            raise ValueError(f"temperature must be a finite number ≥ 0, not {temperature!r}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be ≥ 1, not {top_k!r}")
+        if top_p is not None and not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], not {top_p!r}")
+        V = vocab_size
+        self.vocab_size = V
+        self.temperature = float(temperature)
+        self.top_k = None if top_k is None or top_k >= V else int(top_k)
+        self.top_p = None if top_p is None or top_p >= 1.0 else float(top_p)
+        # τ = 0 is the argmax; so is a τ so small that (u_i − max u)/τ could overflow the
+        # dtype for a plausible logit gap (< 1e9), where softmax(u/τ) is one-hot anyway.
+        self.greedy = self.temperature * float(np.finfo(dtype).max) < 1e9
+        self.inv_temperature = 0.0 if self.greedy else 1.0 / self.temperature
+        self.mask = np.empty(V, np.bool_)  # (V,) ids filtered out
+        self.sorted = np.empty(V, dtype)  # (V,) partition / sort scratch
+        self.csum = np.empty(V, dtype)  # (V,) cumulative weights of the sorted scratch
+        self.zero = np.zeros((), dtype)
+        if self.greedy:
+            self.choose = self._greedy
+        elif self.top_k is None and self.top_p is None:
+            self.choose = self._plain
+        else:
+            self.choose = self._filtered
+
+    def __call__(self, logits: np.ndarray, u: float) -> int:
+        """The next id for logits (V,) (overwritten) and a uniform number u ∈ [0, 1)."""
+        return self.choose(logits, u)
+
+    @staticmethod
+    def _greedy(logits: np.ndarray, u: float) -> int:
+        return int(logits.argmax())
+
+    def _plain(self, w: np.ndarray, u: float) -> int:
+        w -= w.max()  # (V,) u − max u ≤ 0: exp cannot overflow
+        w *= self.inv_temperature
+        np.exp(w, out=w)  # ∝ softmax(u/τ)
+        return self._draw(w, u)
+
+    def _filtered(self, w: np.ndarray, u: float) -> int:
+        V, mask = self.vocab_size, self.mask
+        if self.top_k is not None:
+            scratch = self.sorted
+            np.copyto(scratch, w)
+            scratch.partition(V - self.top_k)  # in place: the k largest logits sit at the end
+            np.less(w, scratch[V - self.top_k], out=mask)  # below the k-th largest logit
+        w -= w.max()
+        w *= self.inv_temperature
+        np.exp(w, out=w)
+        if self.top_k is not None:
+            np.copyto(w, self.zero, where=mask)
+        if self.top_p is not None:
+            s, c = self.sorted, self.csum
+            np.copyto(s, w)
+            s.sort()  # ascending; the only sort per character
+            np.add.accumulate(s, out=c)  # c[i] = mass of the i+1 smallest weights
+            # the nucleus is s[j:], with j the number of smallest weights whose mass stays ≤ (1 − p)·Σw
+            j = min(int(c.searchsorted((1.0 - self.top_p) * c[-1], side="right")), V - 1)
+            np.less(w, s[j], out=mask)
+            np.copyto(w, self.zero, where=mask)
+        return self._draw(w, u)
+
+    @staticmethod
+    def _draw(w: np.ndarray, u: float) -> int:
+        """Inverse-CDF draw from weights w (V,) ≥ 0, overwritten with their cumulative sum."""
+        np.add.accumulate(w, out=w)  # (np.cumsum's Python wrapper costs more than the sum at this size)
+        x = int(w.searchsorted(u * w[-1], side="right"))
+        if x >= w.shape[0]:  # U·Σw rounded up to Σw: take the last id with a non-zero weight
+            x = int(w.searchsorted(w[-1], side="left"))
+        return x
 
 
 class Sampler:
@@ -58,8 +162,31 @@ class Sampler:
             a = cells[layer].step(pre, self.state[layer])
         return a
 
-    def generate(self, length: int, temperature: float = 1.0, first: int | None = None) -> Iterator[str]:
-        """Yield ``length`` characters. ``first`` is the id fed first when no prompt was fed."""
+    def reset(self) -> None:
+        """Back to the start: a<0> = c<0> = 0 in every layer, no prompt fed."""
+        for layer in self.state:
+            for part in layer:
+                part.fill(0.0)
+        self._last = None
+
+    def generate(
+        self,
+        length: int,
+        temperature: float = 1.0,
+        first: int | None = None,
+        *,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        stop: str | None = None,
+    ) -> Iterator[str]:
+        """Yield up to ``length`` characters drawn with ``Decoder(temperature, top_k, top_p)``.
+
+        ``first`` is the id fed first; by default the last character of the
+        prompt, else a newline (else the id with the largest decoder bias). With
+        ``stop``, generation ends as soon as the generated characters end with it
+        (the stop string is yielded too). The uniform numbers are drawn from the
+        sampler's generator up front, so a seed fixes the text.
+        """
         x = first if first is not None else getattr(self, "_last", None)
         if x is None:
             x = self.vocab.index("\n")
@@ -67,18 +194,18 @@ class Sampler:
                 x = int(np.argmax(self.dec_b))
         chars = self.vocab.chars
         logits = self.logits
-        uniforms = self.rng.random(length)
+        choose = Decoder(len(chars), temperature, top_k, top_p, logits.dtype).choose
+        uniforms = self.rng.random(length).tolist()
+        n_stop = len(stop) if stop else 0
+        tail = ""
         for n in range(length):
             a = self._step(x)
             np.matmul(self.dec_w, a, out=logits)
             logits += self.dec_b
-            if temperature == 0.0:
-                x = int(logits.argmax())
-            else:
-                logits *= 1.0 / temperature
-                logits -= logits.max()
-                np.exp(logits, out=logits)
-                np.cumsum(logits, out=logits)
-                x = int(np.searchsorted(logits, uniforms[n] * logits[-1], side="right"))
-                x = min(x, len(chars) - 1)
-            yield chars[x]
+            x = choose(logits, uniforms[n])
+            ch = chars[x]
+            yield ch
+            if n_stop:
+                tail = (tail + ch)[-n_stop:]
+                if tail == stop:
+                    return

@@ -32,6 +32,11 @@ def describe_char(ch: str) -> str:
     return f"U+{ord(ch):04X}" if ch not in "\n\t\r " else repr(ch)
 
 
+def _valid_code_point(c: object) -> bool:
+    """An integer (not a boolean) code point outside the surrogates, which no text can hold."""
+    return isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 0x10FFFF and not 0xD800 <= c <= 0xDFFF
+
+
 @dataclass(frozen=True)
 class EncodeResult:
     ids: np.ndarray  # (N,) uint16, unknown characters removed
@@ -112,8 +117,11 @@ class Vocab:
 
     @classmethod
     def from_json(cls, s: str) -> Vocab:
-        cps = json.loads(s)
-        if not isinstance(cps, list) or not all(isinstance(c, int) and 0 <= c <= 0x10FFFF for c in cps):
+        try:
+            cps = json.loads(s)
+        except (TypeError, RecursionError):
+            raise ValueError("vocabulary must be a JSON list of code points") from None
+        if not isinstance(cps, list) or not all(map(_valid_code_point, cps)):
             raise ValueError("vocabulary must be a JSON list of code points")
         if sorted(set(cps)) != cps:
             raise ValueError("vocabulary code points must be sorted and distinct")

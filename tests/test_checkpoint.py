@@ -26,8 +26,9 @@ def make(tmp_path, cell="lstm", name="m.safetensors"):
     return path, model, vocab
 
 
-def test_round_trip_is_exact(tmp_path):
-    path, model, vocab = make(tmp_path)
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_round_trip_is_exact(tmp_path, cell):
+    path, model, vocab = make(tmp_path, cell)
     ck = load(path)
     assert isinstance(ck, Checkpoint)
     assert ck.config == model.config
@@ -39,6 +40,10 @@ def test_round_trip_is_exact(tmp_path):
     assert np.array_equal(ck.extra["optimizer.exp_avg"], np.arange(model.num_params, dtype=np.float32))
     rebuilt = ck.build_model()
     assert np.array_equal(rebuilt.flat, model.flat)
+    # the cell comes back from the checkpoint alone, and computes the same function
+    assert type(rebuilt.rnn[1]) is type(model.rnn[1]) and type(model.rnn[1]).__name__ == cell.upper()
+    ids = np.array([[0, 1], [2, 3], [4, 0]])
+    assert np.array_equal(rebuilt.forward_logits(ids, rebuilt.zero_state(2))[0], model.forward_logits(ids, model.zero_state(2))[0])
 
 
 def test_tensors_are_pytorch_state_dict_layout(tmp_path):

@@ -132,3 +132,34 @@ def test_python_dash_m_and_fast_help(tmp_path):
     code = "import sys, charlm.cli; print('numpy' in sys.modules)"
     lazy = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert lazy.stdout.strip() == "False"  # NumPy is imported only when a command needs it
+
+
+@pytest.mark.parametrize("cell", ["gru", "rnn"])
+def test_each_cell_trains_then_samples_scores_and_resumes_without_a_flag(tmp_path, small_corpus, cell):
+    """The checkpoint records the cell: sample, perplexity and --resume find it on their own."""
+    from charlm.checkpoint import read_header
+
+    runs = tmp_path / "runs"
+    r = runner.invoke(app, ["train", str(small_corpus), "--cell", cell, "--steps", "4", "--out", str(runs), *TINY])
+    assert r.exit_code == 0, r.output
+    last = runs / "small" / "last.safetensors"
+    assert json.loads(read_header(last)[1]["config"])["cell"] == cell
+    s = runner.invoke(app, ["sample", "-c", str(last), "--length", "30", "--seed", "1"])
+    assert s.exit_code == 0, s.output
+    assert len(s.stdout) == 30 and set(s.stdout) <= set(SMALL_TEXT)
+    p = runner.invoke(app, ["perplexity", str(small_corpus), "-c", str(last)])
+    assert p.exit_code == 0, p.output
+    assert 0 < float(dict(line.split(None, 1) for line in p.stdout.strip().splitlines())["nats/char"]) < 5
+    again = runner.invoke(app, ["train", str(small_corpus), "--resume", str(runs / "small"), "--steps", "8"])
+    assert again.exit_code == 0, again.output
+    meta = read_header(last)[1]
+    assert json.loads(meta["config"])["cell"] == cell and json.loads(meta["train"])["step"] == 8
+
+
+def test_unknown_cell_is_one_clear_line(tmp_path, small_corpus):
+    r = runner.invoke(app, ["train", str(small_corpus), "--cell", "foo", "--steps", "1", "--out", str(tmp_path / "runs")])
+    assert r.exit_code != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "'foo'" in lines[0]
+    assert all(c in lines[0] for c in ("lstm", "gru", "rnn")) and "Traceback" not in r.output
+    assert not (tmp_path / "runs").exists()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from charlm.layers import LSTM, scatter_rows, softmax_cross_entropy_
+from charlm.layers import GRU, LSTM, RNN, Bidirectional, new_layer, scatter_rows, softmax_cross_entropy_
 from tests.gradcheck import numeric_grad, rel_error
 
 TOL = 1e-6
@@ -39,7 +39,7 @@ def layer_loss_setup(cls, T=5, B=3, D=4, H=6, seed=0):
     return layer, x, state, R, S, loss
 
 
-@pytest.mark.parametrize("cls", [LSTM])
+@pytest.mark.parametrize("cls", [LSTM, GRU, RNN])
 def test_recurrent_layer_gradients_through_carried_state(cls):
     layer, x, state, R, S, loss = layer_loss_setup(cls)
     loss()
@@ -96,27 +96,31 @@ def test_fused_lstm_matches_reference(dtype, tol):
     assert np.max(np.abs(aT - ra)) < tol and np.max(np.abs(cT - rc)) < tol
 
 
-def test_lstm_step_matches_sequence_forward():
+@pytest.mark.parametrize("cls", [LSTM, GRU, RNN])
+def test_step_matches_sequence_forward(cls):
     """The batch-1 sampling step computes the same a<t> as the training forward."""
     rng = np.random.default_rng(2)
     D, H, T = 3, 5, 6
-    layer = make_layer(LSTM, D, H, rng)
+    layer = make_layer(cls, D, H, rng)
     x = rng.standard_normal((T, 1, D))
     out, _ = layer.forward(x, layer.zero_state(1))
-    a, c = np.zeros(H), np.zeros(H)
+    state = tuple(np.zeros(H) for _ in cls.state_names)
     for t in range(T):
         pre = layer.w_ih @ x[t, 0] + layer.b_ih + layer.b_hh
-        layer.step(pre, (a, c))
+        a = layer.step(pre, state)
+        assert a is state[0]
         assert np.allclose(a, out[t, 0], atol=1e-12)
 
 
-def test_lstm_saturated_gates_stay_finite():
+@pytest.mark.parametrize("cls", [LSTM, GRU, RNN])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_saturated_gates_stay_finite(cls, sign):
     rng = np.random.default_rng(3)
-    layer = make_layer(LSTM, 2, 3, rng, np.float32)
-    x = np.full((4, 2, 2), 1e4, np.float32)
+    layer = make_layer(cls, 2, 3, rng, np.float32)
+    x = np.full((4, 2, 2), sign * 1e4, np.float32)
     with np.errstate(all="raise"):
         out, _ = layer.forward(x, layer.zero_state(2))
-    assert np.isfinite(out).all()
+    assert np.isfinite(out).all() and np.abs(out).max() <= 1.0
 
 
 def test_softmax_cross_entropy_gradient():
@@ -142,3 +146,139 @@ def test_scatter_rows_is_the_adjoint_of_a_gather():
     expect = np.zeros((7, 3))
     np.add.at(expect, ids, g)
     assert np.allclose(scatter_rows(ids, g, 7), expect)
+
+
+def reference_rnn(x, a0, w_ih, w_hh, b_ih, b_hh):
+    """a<t> = tanh(Wa[a<t-1>, x<t>] + ba), one step at a time, with Wa = [W_hh | W_ih]."""
+    wa, ba = np.concatenate([w_hh, w_ih], axis=1), b_ih + b_hh
+    a, outs = a0, []
+    for xt in x:
+        a = np.tanh(np.concatenate([a, xt], axis=1) @ wa.T + ba)
+        outs.append(a)
+    return np.stack(outs), (a,)
+
+
+def reference_gru(x, c0, w_ih, w_hh, b_ih, b_hh):
+    """The seeds' full GRU, one gate at a time: Γr applied to c<t-1> before the product."""
+    H = c0.shape[1]
+    sig = lambda z: 1.0 / (1.0 + np.exp(-z))  # noqa: E731
+    Wr, Wu, Wc = (np.concatenate([w_hh[k * H : (k + 1) * H], w_ih[k * H : (k + 1) * H]], axis=1) for k in range(3))
+    b = b_ih + b_hh
+    br, bu, bc = (b[k * H : (k + 1) * H] for k in range(3))
+    c, outs = c0, []
+    for xt in x:
+        gr = sig(np.concatenate([c, xt], axis=1) @ Wr.T + br)
+        gu = sig(np.concatenate([c, xt], axis=1) @ Wu.T + bu)
+        cand = np.tanh(np.concatenate([gr * c, xt], axis=1) @ Wc.T + bc)
+        c = gu * cand + (1.0 - gu) * c
+        outs.append(c)
+    return np.stack(outs), (c,)
+
+
+@pytest.mark.parametrize("cls,reference", [(GRU, reference_gru), (RNN, reference_rnn)])
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 2e-5)])
+def test_fused_cell_matches_reference(cls, reference, dtype, tol):
+    rng = np.random.default_rng(11)
+    T, B, D, H = 7, 5, 6, 8
+    layer = make_layer(cls, D, H, rng, dtype)
+    x = rng.standard_normal((T, B, D)).astype(dtype) * 3  # large inputs saturate gates
+    a0 = rng.standard_normal((B, H)).astype(dtype)
+    out, (aT,) = layer.forward(x, (a0,))
+    ref, (ra,) = reference(*(v.astype(np.float64) for v in (x, a0, layer.w_ih, layer.w_hh, layer.b_ih, layer.b_hh)))
+    assert np.max(np.abs(out - ref)) < tol
+    assert np.max(np.abs(aT - ra)) < tol
+
+
+def test_rnn_weights_load_into_pytorch_rnn():
+    """Same names, shapes and maths as nn.RNN(nonlinearity="tanh"): identical outputs."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(12)
+    T, B, D, H = 6, 3, 4, 5
+    layer = make_layer(RNN, D, H, rng)
+    x = rng.standard_normal((T, B, D))
+    a0 = rng.standard_normal((B, H))
+    out, (aT,) = layer.forward(x, (a0,))
+    ref = torch.nn.RNN(D, H, nonlinearity="tanh").double()
+    names = {"weight_ih_l0": layer.w_ih, "weight_hh_l0": layer.w_hh, "bias_ih_l0": layer.b_ih, "bias_hh_l0": layer.b_hh}
+    ref.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in names.items()})
+    with torch.no_grad():
+        r_out, r_h = ref(torch.from_numpy(x), torch.from_numpy(a0[None]))
+    assert np.allclose(out, r_out.numpy(), atol=1e-12)
+    assert np.allclose(aT, r_h.numpy()[0], atol=1e-12)
+
+
+def test_gru_is_not_pytorchs_gru():
+    """The seeds' GRU applies Γr before the recurrent product; nn.GRU after. Same
+    tensor shapes, different function, as the docstring and README say."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(13)
+    T, B, D, H = 4, 2, 3, 4
+    layer = make_layer(GRU, D, H, rng)
+    x = rng.standard_normal((T, B, D))
+    out, _ = layer.forward(x, layer.zero_state(B))
+    ref = torch.nn.GRU(D, H).double()
+    names = {"weight_ih_l0": layer.w_ih, "weight_hh_l0": layer.w_hh, "bias_ih_l0": layer.b_ih, "bias_hh_l0": layer.b_hh}
+    ref.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in names.items()})  # shapes match
+    with torch.no_grad():
+        r_out, _ = ref(torch.from_numpy(x))
+    assert np.max(np.abs(out - r_out.numpy())) > 1e-3
+
+
+@pytest.mark.parametrize("cls_f,cls_b", [(LSTM, LSTM), (GRU, GRU), (RNN, RNN), (GRU, LSTM)])
+def test_bidirectional_gradients(cls_f, cls_b):
+    """L = Σ out∗R + Σ final states∗S through both directions, against central differences."""
+    rng = np.random.default_rng(14)
+    T, B, D, Hf, Hb = 5, 3, 4, 6, 5
+    bi = Bidirectional(make_layer(cls_f, D, Hf, rng), make_layer(cls_b, D, Hb, rng))
+    x = rng.standard_normal((T, B, D))
+    state = tuple(tuple(rng.standard_normal((B, c.hidden_size)) for _ in c.state_names) for c in (bi.fwd, bi.bwd))
+    R = rng.standard_normal((T, B, Hf + Hb))
+    S = tuple(tuple(rng.standard_normal((B, c.hidden_size)) for _ in c.state_names) for c in (bi.fwd, bi.bwd))
+
+    def loss():
+        out, final = bi.forward(x, state)
+        total = float((out * R).sum())
+        for fin, s in zip(final, S, strict=True):
+            total += sum(float((f * w).sum()) for f, w in zip(fin, s, strict=True))
+        return total
+
+    loss()
+    grad_x, grad_state = bi.backward(R, x, S)
+    checks = {"x": (x, grad_x)}
+    for side, cell, g_init, s0 in zip(("fwd", "bwd"), (bi.fwd, bi.bwd), grad_state, state, strict=True):
+        for name in ("w_ih", "w_hh", "b_ih", "b_hh"):
+            checks[f"{side}.{name}"] = (getattr(cell, name), getattr(cell, f"grad_{name}").copy())
+        for name, arr, g in zip(cell.state_names, s0, g_init, strict=True):
+            checks[f"{side}.{name}0"] = (arr, g)
+    for name, (arr, analytic) in checks.items():
+        err = rel_error(analytic, numeric_grad(loss, arr))
+        assert err < TOL, f"Bidirectional({cls_f.__name__}, {cls_b.__name__}) ∂L/∂{name}: relative error {err:.2e}"
+
+
+def test_bidirectional_output_is_both_directions():
+    """The second half of the output at step t is the backward cell run over x<T..t>."""
+    rng = np.random.default_rng(15)
+    T, B, D, H = 6, 2, 3, 4
+    fwd, bwd = make_layer(GRU, D, H, rng), make_layer(GRU, D, H, rng)
+    x = rng.standard_normal((T, B, D))
+    out, _ = Bidirectional(fwd, bwd).forward(x)
+    assert out.shape == (T, B, 2 * H)
+    ref_f, _ = reference_gru(x, np.zeros((B, H)), fwd.w_ih, fwd.w_hh, fwd.b_ih, fwd.b_hh)
+    ref_b, _ = reference_gru(x[::-1], np.zeros((B, H)), bwd.w_ih, bwd.w_hh, bwd.b_ih, bwd.b_hh)
+    assert np.allclose(out[:, :, :H], ref_f, atol=1e-12)
+    assert np.allclose(out[:, :, H:], ref_b[::-1], atol=1e-12)
+    # a→<1> sees only x<1>; a←<1> changes when the last input changes
+    x2 = x.copy()
+    x2[-1] += 1.0
+    out2, _ = Bidirectional(fwd, bwd).forward(x2)
+    assert np.allclose(out2[0, :, :H], out[0, :, :H]) and not np.allclose(out2[0, :, H:], out[0, :, H:])
+
+
+@pytest.mark.parametrize("cls", [LSTM, GRU, RNN])
+def test_new_layer_is_initialised_like_the_model(cls):
+    layer = new_layer(cls, 3, 16, np.random.default_rng(0))
+    assert layer.w_ih.shape == (cls.gates * 16, 3) and layer.w_hh.dtype == np.float32
+    assert np.abs(layer.w_hh).max() <= 0.25 and np.abs(layer.w_hh).max() > 0.2
+    forget = layer.b_ih[16:32] if cls is LSTM else layer.b_ih[:0]
+    assert np.all(forget == 1.0) and layer.b_ih.sum() == forget.sum() and not layer.b_hh.any()
+    assert not any(g.any() for g in (layer.grad_w_ih, layer.grad_w_hh, layer.grad_b_ih, layer.grad_b_hh))

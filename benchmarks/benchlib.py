@@ -1,0 +1,146 @@
+"""Small helpers shared by the benchmark scripts: one-line errors, argument
+parsing, the machine description, and safe updates of RESULTS.md.
+
+Nothing here imports NumPy, PyTorch or charlm, so every script's ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS_MD = HERE / "RESULTS.md"
+TORCH_PIN = "torch==2.13.0"
+
+
+class BenchError(Exception):
+    """A problem the user can fix; the script prints ``error: <message>`` and exits 1."""
+
+
+def fail(message: str, code: int = 1) -> None:
+    """One line on stderr, then exit with ``code``."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with charlm's error style (one line on stderr, exit code 2); --help shows defaults."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        fail(f"{message}. Run '{self.prog} --help' for the options", 2)
+
+
+def bounded(kind, low=None, high=None, *, strict_low: bool = False):
+    """An argparse ``type`` that converts with ``kind`` and checks the range."""
+
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}") from None
+        if value != value:  # NaN
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number")
+        if low is not None and (value <= low if strict_low else value < low):
+            raise argparse.ArgumentTypeError(f"{text} must be {'>' if strict_low else '≥'} {low}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"{text} must be ≤ {high}")
+        return value
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def nproc() -> int:
+    """CPUs this process may run on (what ``nproc`` prints)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, or what the platform module knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def thread_env() -> dict[str, str]:
+    """Thread-count environment variables that are set (they change both sides' speed)."""
+    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+    return {n: os.environ[n] for n in names if n in os.environ}
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same folder and os.replace,
+    so an interrupted run leaves the previous file intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def split_sections(text: str) -> tuple[str, dict[str, str]]:
+    """Markdown → (text before the first '## ' heading, {heading: section text incl. heading})."""
+    head: list[str] = []
+    sections: dict[str, str] = {}
+    current: list[str] | None = None
+    title = ""
+    for line in text.splitlines(keepends=True):
+        if line.startswith("## "):
+            if current is not None:
+                sections[title] = "".join(current)
+            title, current = line[3:].strip(), [line]
+        elif current is None:
+            head.append(line)
+        else:
+            current.append(line)
+    if current is not None:
+        sections[title] = "".join(current)
+    return "".join(head), sections
+
+
+def read_section(path: Path, title: str) -> str | None:
+    """The '## title' section of a markdown file (heading included), or None."""
+    if not path.is_file():
+        return None
+    return split_sections(path.read_text(encoding="utf-8")).get(title)
+
+
+def replace_section(path: Path, title: str, body: str, new_file_head: str) -> None:
+    """Replace the '## title' section of ``path`` with ``body`` (which starts with
+    that heading), or append it; other sections are kept as they are."""
+    text = path.read_text(encoding="utf-8") if path.is_file() else new_file_head
+    head, sections = split_sections(text)
+    sections[title] = body.rstrip("\n") + "\n\n"
+    out = head if head.endswith("\n\n") or not head else head.rstrip("\n") + "\n\n"
+    out += "".join(s.rstrip("\n") + "\n\n" for s in sections.values())
+    write_atomic(path, out.rstrip("\n") + "\n")
+
+
+def fmt_rate(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+def fmt_ratio(x: float) -> str:
+    return f"{x:.2f}×"

@@ -1,0 +1,191 @@
+"""Throughput benchmark: training and sampling speed, and how close to the machine's limit.
+
+Training throughput is characters per second of one full optimizer step
+(forward, backward, clipping, Adam) on synthetic data, measured in several
+timed windows after a warm-up; the median window is reported. Sampling
+throughput is characters per second at batch 1, temperature 1.
+
+The roofline: the matrix-product FLOPs a step performs per character, divided
+by the float32 rate a large NumPy matmul reaches on this machine, gives the
+fraction of the machine the model code achieves. (The element-wise gate maths
+is not counted, so the fraction is a lower bound on utilisation.)
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from charlm.model import CELLS, CharModel, ModelConfig
+from charlm.optim import Adam, clip_grad_norm_
+from charlm.parallel import DataParallel, default_workers
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    cell: str = "lstm"
+    layers: int = 2
+    hidden: int = 256
+    embed: int = 64
+    batch: int = 32
+    seq_len: int = 64
+    vocab: int = 65
+    windows: int = 5  # timed windows for training (median reported)
+    window_seconds: float = 2.0  # minimum length of one training window
+    sample_chars: int = 2000  # characters per sampling window
+    threads: int = 0  # training row blocks in parallel (0: one per core, as charlm train does)
+
+
+def gemm_gflops(n: int = 1024, repeats: int = 7) -> float:
+    """Median float32 rate of an (n × n) @ (n × n) NumPy matmul, in GFLOP/s."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    c = np.empty((n, n), np.float32)
+    np.matmul(a, b, out=c)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        np.matmul(a, b, out=c)
+        times.append(time.perf_counter() - t)
+    return 2.0 * n**3 / statistics.median(times) / 1e9
+
+
+def flops_per_char(cfg: ModelConfig, training: bool) -> float:
+    """Matrix-product FLOPs per character actually performed by CharModel.
+
+    Forward: the recurrent product 2·G·H·H in every layer, the input product
+    2·G·H·D in layers ≥ 1 (the first layer gathers rows of a table), the decoder
+    2·V·H. Backward: the recurrent gradient and ∂W_hh (2 × 2·G·H·H), ∂W_ih and
+    ∂x (2 × 2·G·H·D, including the first layer's embedding gradient), and the
+    decoder's two products (2 × 2·V·H).
+    """
+    G = CELLS[cfg.cell].gates
+    H, E, V = cfg.hidden, cfg.embed, cfg.vocab_size
+    fwd = 2 * V * H
+    bwd = 4 * V * H
+    for layer in range(cfg.layers):
+        D = E if layer == 0 else H
+        fwd += 2 * G * H * H + (0 if layer == 0 else 2 * G * H * D)
+        bwd += 4 * G * H * H + 4 * G * H * D
+    return float(fwd + bwd) if training else float(fwd)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def train_throughput(cfg: BenchConfig) -> list[float]:
+    """Characters per second of full training steps, one figure per timed window."""
+    mcfg = ModelConfig(cfg.vocab, cfg.cell, cfg.embed, cfg.hidden, cfg.layers)
+    model = CharModel(mcfg, seed=0)
+    opt = Adam(model.num_params)
+    stepper = DataParallel(model, cfg.threads or default_workers(cfg.batch))
+    rng = np.random.default_rng(0)
+    T, B = cfg.seq_len, cfg.batch
+    data = rng.integers(0, cfg.vocab, (8, T + 1, B))
+    state = model.zero_state(B)
+
+    def step(k: int) -> None:
+        nonlocal state
+        chunk = data[k % len(data)]
+        _, state = stepper.loss_and_grads(chunk[:-1], chunk[1:], state)
+        clip_grad_norm_(model.grad_flat, 5.0)
+        opt.step(model.flat, model.grad_flat, 1e-3, run=stepper.run_all)
+
+    for k in range(3):  # warm-up: workspaces, BLAS threads, caches
+        step(k)
+    rates = []
+    k = 0
+    for _ in range(cfg.windows):
+        n, t0 = 0, time.perf_counter()
+        while True:
+            step(k)
+            k += 1
+            n += 1
+            dt = time.perf_counter() - t0
+            if dt >= cfg.window_seconds and n >= 2:
+                break
+        rates.append(n * T * B / dt)
+    stepper.close()
+    return rates
+
+
+def sample_throughput(cfg: BenchConfig, windows: int = 5) -> list[float]:
+    """Characters per second generated at batch 1, temperature 1."""
+    from charlm.sample import Sampler
+    from charlm.vocab import Vocab
+
+    mcfg = ModelConfig(cfg.vocab, cfg.cell, cfg.embed, cfg.hidden, cfg.layers)
+    model = CharModel(mcfg, seed=0)
+    vocab = Vocab("".join(chr(0x21 + i) for i in range(cfg.vocab)))
+    sampler = Sampler(model, vocab, seed=0)
+    for _ in sampler.generate(200):  # warm-up
+        pass
+    rates = []
+    for _ in range(windows):
+        t0 = time.perf_counter()
+        for _ in sampler.generate(cfg.sample_chars):
+            pass
+        rates.append(cfg.sample_chars / (time.perf_counter() - t0))
+    return rates
+
+
+def blas_name() -> str:
+    try:
+        cfg = np.show_config(mode="dicts")
+        blas = cfg["Build Dependencies"]["blas"]
+        return f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
+    except Exception:  # older NumPy without mode="dicts"
+        return "unknown"
+
+
+def run(cfg: BenchConfig, train: bool = True, sample: bool = True) -> dict:
+    """Run the benchmark and return every figure as a JSON-ready dict."""
+    mcfg = ModelConfig(cfg.vocab, cfg.cell, cfg.embed, cfg.hidden, cfg.layers)
+    result: dict = {
+        "tool": "charlm",
+        "config": asdict(cfg),
+        "params": sum(int(np.prod(s)) for s in CharModel.param_shapes(mcfg).values()),
+        "machine": {
+            "nproc": os.cpu_count(),
+            "cpu": platform.processor() or platform.machine(),
+            "numpy": np.__version__,
+            "blas": blas_name(),
+            "python": platform.python_version(),
+        },
+    }
+    gemm = gemm_gflops()
+    result["gemm_gflops"] = round(gemm, 1)
+    result["threads"] = cfg.threads or default_workers(cfg.batch)
+    if train:
+        rates = train_throughput(cfg)
+        med = statistics.median(rates)
+        f = flops_per_char(mcfg, training=True)
+        result["train"] = {
+            "chars_per_s": round(med, 1),
+            "windows": [round(r, 1) for r in rates],
+            "flops_per_char": f,
+            "gflops": round(med * f / 1e9, 2),
+            "roofline_fraction": round(med * f / 1e9 / gemm, 4),
+        }
+    if sample:
+        rates = sample_throughput(cfg)
+        med = statistics.median(rates)
+        f = flops_per_char(mcfg, training=False)
+        result["sample"] = {
+            "chars_per_s": round(med, 1),
+            "windows": [round(r, 1) for r in rates],
+            "flops_per_char": f,
+            "gflops": round(med * f / 1e9, 3),
+            "roofline_fraction": round(med * f / 1e9 / gemm, 5),
+        }
+    result["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    return result

@@ -1,0 +1,218 @@
+"""Interrupting a real ``charlm train`` process: SIGINT, SIGTERM and kill -9.
+
+Each test starts the installed console script on a tiny model, waits until it
+is training, sends the signal, and checks what is left on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from charlm import checkpoint
+from charlm.cli import app
+from charlm.runs import checkpoint_in, list_runs, resume_checkpoint
+from tests.test_cli import console_script
+
+STEPS = 600  # long enough to interrupt after the first checkpoint (step 50), short enough to finish (~2 s)
+TINY = ["--hidden", "12", "--embed", "6", "--layers", "2", "--dropout", "0.2", "--batch-size", "4", "--seq-len", "16"]
+
+
+def start(tmp_path: Path, *args: str, stderr=subprocess.PIPE) -> subprocess.Popen:
+    return subprocess.Popen(
+        [console_script(), "train", *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=stderr, text=True
+    )
+
+
+def wait_for(condition, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"charlm train ended (exit {proc.returncode}) before the signal:\n{err}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("charlm train did not start training in time")
+        time.sleep(0.005)
+
+
+def step_of(path: Path) -> int:
+    return checkpoint.load(path).train["step"]
+
+
+def params_of(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    ck = checkpoint.load(path)
+    return ck.build_model().flat, ck.extra["optimizer.exp_avg"]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> Path:
+    """The same run as the interrupted ones, never interrupted (in-process, for speed)."""
+    root = tmp_path_factory.mktemp("straight")
+    corpus = root / "small.txt"
+    from tests.conftest import SMALL_TEXT
+
+    corpus.write_text(SMALL_TEXT, encoding="utf-8")
+    r = CliRunner().invoke(
+        app, ["train", str(corpus), "--steps", str(STEPS), "--eval-every", "50", "--out", str(root), *TINY]
+    )
+    assert r.exit_code == 0, r.output
+    return root / "small" / "last.safetensors"
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_saves_prints_resume_command_and_resumes_exactly(tmp_path, small_corpus, straight, sig, code):
+    run = tmp_path / "runs" / "small"
+    proc = start(tmp_path, str(small_corpus), "--steps", str(STEPS), "--eval-every", "50", "--out", "runs", *TINY)
+    wait_for(lambda: (run / "last.safetensors").exists(), proc)
+    proc.send_signal(sig)
+    proc.send_signal(sig)  # impatient: a second one right away must change nothing
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert out == "" and "Traceback" not in err
+    last_line = err.strip().splitlines()[-1]
+    m = re.fullmatch(r"interrupted at step (\d+); resume with: (charlm train .+)", last_line)
+    assert m, err
+    step = int(m.group(1))
+    assert 50 <= step < STEPS and step_of(run / "last.safetensors") == step
+    assert shlex.split(m.group(2)) == ["charlm", "train", str(small_corpus), "--resume", "runs/small"]
+
+    # the printed command, as printed, continues the run to the end of its budget
+    resumed = subprocess.run(
+        [console_script(), *shlex.split(m.group(2))[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"at step {step:,}" in resumed.stderr
+    assert step_of(run / "last.safetensors") == STEPS
+    a, b = params_of(straight), params_of(run / "last.safetensors")
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_kill_9_at_random_moments_never_leaves_a_bad_checkpoint(tmp_path, small_corpus):
+    """With --eval-every 1 the run writes last.safetensors (and often best) at every
+    step. Odd attempts kill at a random moment, even ones as soon as a temporary
+    checkpoint file appears, i.e. in the middle of a save."""
+    rng = random.Random(5)
+    run = tmp_path / "runs" / "small"
+    metrics = run / "metrics.jsonl"
+    common = ["--eval-every", "1", "--out", "runs"]
+    mid_save = 0
+    for attempt in range(6):
+        size = metrics.stat().st_size if metrics.exists() else 0
+        if attempt == 0:
+            proc = start(tmp_path, str(small_corpus), "--steps", "100000", *TINY, *common, stderr=subprocess.DEVNULL)
+        else:  # each later attempt resumes what the kills left behind
+            proc = start(tmp_path, str(small_corpus), "--resume", "runs/small", *common, stderr=subprocess.DEVNULL)
+        wait_for(lambda size=size: metrics.exists() and metrics.stat().st_size > size, proc)
+        if attempt % 2:
+            time.sleep(rng.uniform(0.0, 0.3))
+        else:
+            wait_for(lambda: any(p.name.endswith(".tmp") for p in run.iterdir()), proc)
+        proc.kill()
+        proc.wait(timeout=30)
+        assert proc.returncode == -signal.SIGKILL
+        temps = [p for p in run.iterdir() if p.name.endswith(".tmp")]
+        mid_save += bool(temps)
+        assert all(re.fullmatch(rf"\.(last|best)\.safetensors\.{proc.pid}\.tmp", p.name) for p in temps)
+        for p in run.glob("*.safetensors"):
+            checkpoint.load(p)  # every checkpoint present loads
+        assert list_runs(tmp_path / "runs") == [run]
+        assert checkpoint_in(run).name == "best.safetensors"
+        assert resume_checkpoint(run).name == "last.safetensors"
+    assert mid_save >= 1  # at least one kill really hit a save in progress
+    step = step_of(run / "last.safetensors")
+    r = subprocess.run(
+        [console_script(), "train", str(small_corpus), "--resume", "runs/small", "--steps", str(step + 3), *common],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert step_of(run / "last.safetensors") == step + 3
+    assert sorted(p.name for p in run.iterdir()) == ["best.safetensors", "last.safetensors", "metrics.jsonl"]
+
+
+KILL_WHILE_REPLACING = """
+import os, sys, time
+real_replace = os.replace
+calls = []
+
+def slow_replace(src, dst):
+    calls.append(dst)
+    if len(calls) == 3:  # the second save of last.safetensors: written and fsynced, not yet renamed
+        sys.stderr.write("REPLACING " + str(src) + "\\n")
+        sys.stderr.flush()
+        time.sleep(120)
+    real_replace(src, dst)
+
+os.replace = slow_replace
+from charlm.cli import main
+sys.argv = ["charlm", "train", *sys.argv[1:]]
+main()
+"""
+
+
+def test_kill_9_in_the_middle_of_a_save_keeps_the_old_checkpoint(tmp_path, small_corpus):
+    run = tmp_path / "runs" / "small"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILL_WHILE_REPLACING, str(small_corpus), "--steps", "50", "--eval-every", "5", *TINY],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for line in proc.stderr:
+            if line.startswith("REPLACING "):
+                temp = tmp_path / line.split(" ", 1)[1].strip()
+                break
+        else:
+            pytest.fail("the save was never reached")
+        before = (run / "last.safetensors").read_bytes()
+        assert temp.name == f".last.safetensors.{proc.pid}.tmp" and temp.parent == run
+        assert step_of(temp) == 10  # the new checkpoint is complete, only the rename is missing
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert (run / "last.safetensors").read_bytes() == before and step_of(run / "last.safetensors") == 5
+    assert temp.exists()  # a stale temporary file remains ...
+    assert checkpoint_in(run, "last") == run / "last.safetensors"  # ... and nothing picks it up
+    r = subprocess.run(
+        [console_script(), "train", str(small_corpus), "--resume", "runs/small", "--steps", "12"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert not temp.exists()  # the next run in that folder cleans it up
+    assert step_of(run / "last.safetensors") == 12
+
+
+def test_remove_stale_temps_spares_live_writers(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    names = [
+        f".last.safetensors.{dead_pid}.tmp",  # its writer is gone: stale
+        f".best.safetensors.{os.getpid()}.tmp",  # this process is alive
+        f".last.safetensors.{os.getppid()}.tmp",  # so is the parent
+        "notes.tmp",  # not a name atomic_write uses
+        "last.safetensors.1.tmp",
+    ]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    removed = checkpoint.remove_stale_temps(tmp_path)
+    assert removed == [tmp_path / names[0]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[1:])
