@@ -35,7 +35,7 @@ from charlm.vocab import Vocab
 FORMAT = "charlm"
 FORMAT_VERSION = 1
 MAX_HEADER = 100 * 1024 * 1024
-DTYPES = {"F32": np.float32, "F64": np.float64}
+DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64}  # weights load as float32
 
 
 @dataclass
@@ -122,10 +122,16 @@ def save(
     train: dict | None = None,
     corpus: dict | None = None,
     extra: dict[str, np.ndarray] | None = None,
+    half: bool = False,
 ) -> None:
+    """Write a checkpoint atomically. ``half`` stores the weights as float16 (half
+    the size, for shipping a model; they load as float32)."""
     from safetensors.numpy import save as st_save
 
-    tensors = {name: np.ascontiguousarray(p) for name, p in model.params.items()}
+    dtype = np.float16 if half else None
+    if half and max(float(np.abs(p).max()) for p in model.params.values()) > float(np.finfo(np.float16).max):
+        raise CheckpointError("a weight is too large for float16; save without --half.")
+    tensors = {name: np.ascontiguousarray(p, dtype=dtype) for name, p in model.params.items()}
     for name, arr in (extra or {}).items():
         tensors[name] = np.ascontiguousarray(arr)
     metadata = {
@@ -239,7 +245,7 @@ def read_header(path: Path) -> tuple[dict, dict]:
     return header, meta
 
 
-def _json_field(path: Path, meta: dict, key: str):
+def json_field(path: Path, meta: dict, key: str):
     try:
         return json.loads(meta[key])
     except KeyError:
@@ -274,7 +280,7 @@ def load(path: Path, with_extra: bool = True) -> Checkpoint:
     """Read and fully validate a checkpoint; raises CheckpointError, nothing else."""
     path = Path(path)
     header, meta = read_header(path)
-    config = _model_config(path, _json_field(path, meta, "config"), len(header))
+    config = _model_config(path, json_field(path, meta, "config"), len(header))
     try:
         vocab = Vocab.from_json(meta.get("vocab", "null"))
     except Exception:
@@ -282,8 +288,8 @@ def load(path: Path, with_extra: bool = True) -> Checkpoint:
     if len(vocab) != config.vocab_size:
         raise CheckpointError(f"{path}: damaged checkpoint (vocabulary size does not match the config).")
     shapes = CharModel.param_shapes(config)
-    train = _json_field(path, meta, "train") if "train" in meta else {}
-    corpus = _json_field(path, meta, "corpus") if "corpus" in meta else {}
+    train = json_field(path, meta, "train") if "train" in meta else {}
+    corpus = json_field(path, meta, "corpus") if "corpus" in meta else {}
     if not isinstance(train, dict) or not isinstance(corpus, dict):
         raise CheckpointError(f"{path}: damaged checkpoint (training metadata is not a JSON object).")
     for name, shape in shapes.items():
@@ -304,7 +310,7 @@ def load(path: Path, with_extra: bool = True) -> Checkpoint:
         raise CheckpointError(f"{path}: damaged checkpoint (the tensor data cannot be read).") from None
     for n, shape in shapes.items():  # the library's reading of the header must agree with ours
         t = tensors.get(n)
-        if t is None or t.shape != shape or t.dtype not in (np.float32, np.float64):
+        if t is None or t.shape != shape or t.dtype not in (np.float16, np.float32, np.float64):
             raise CheckpointError(f"{path}: damaged checkpoint (tensor {n!r} cannot be read as {shape}).")
     params = {n: tensors[n].astype(np.float32, copy=False) for n in shapes}
     for n, p in params.items():
@@ -312,3 +318,17 @@ def load(path: Path, with_extra: bool = True) -> Checkpoint:
             raise CheckpointError(f"{path}: damaged checkpoint (tensor {n!r} holds NaN or infinity).")
     extra = {n: t for n, t in tensors.items() if n not in shapes} if with_extra else {}
     return Checkpoint(config, vocab, params, train, corpus, extra, path)
+
+
+# Training-state fields that describe a model's history; a shipped model keeps
+# these and drops what only resuming needs (optimizer moments, RNG, data position).
+HISTORY_FIELDS = ("step", "epoch", "best_val", "best_step", "chars_seen", "elapsed", "train_seconds", "val_curve", "config")
+
+
+def export(src: Path, dst: Path, half: bool = False) -> Checkpoint:
+    """Copy a checkpoint's weights, config, vocabulary and history to ``dst``,
+    without the optimizer moments and carried state, optionally as float16."""
+    ck = load(src, with_extra=False)
+    train = {k: ck.train[k] for k in HISTORY_FIELDS if k in ck.train}
+    save(dst, ck.build_model(), ck.vocab, train, ck.corpus, half=half)
+    return ck

@@ -687,8 +687,57 @@ def corpora() -> None:
 
 @app.command()
 @user_errors
+def info(
+    target: Annotated[
+        Path, typer.Argument(help="A checkpoint file or a run folder (its best checkpoint).", show_default=False)
+    ],
+) -> None:
+    """Show a checkpoint's model, training and validation-loss curve (reads the header only)."""
+    from charlm.report import info_table
+    from charlm.runinfo import describe
+
+    out.print(info_table(describe(target)))
+
+
+@app.command()
+@user_errors
+def export(
+    source: Annotated[Path, typer.Argument(help="A checkpoint file or a run folder (its best checkpoint).", show_default=False)],
+    destination: Annotated[Path, typer.Argument(help="The .safetensors file to write.", show_default=False)],
+    half: Annotated[bool, typer.Option("--half", help="Store the weights as float16: half the size, loaded as float32.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace DESTINATION if it exists.")] = False,
+) -> None:
+    """Write a model file for sharing: weights, config, vocabulary and training history only."""
+    from charlm.checkpoint import export as export_checkpoint
+    from charlm.runs import checkpoint_in
+
+    if destination.exists() and not force:
+        raise UsageError(f"{destination} exists; choose another name or pass --force to replace it.")
+    if not destination.parent.is_dir():
+        raise UsageError(f"{destination.parent}: no such folder.")
+    export_checkpoint(checkpoint_in(source), destination, half=half)
+    out.print(f"wrote {destination} ({destination.stat().st_size / 1e6:.1f} MB)")
+
+
+@app.command()
+@user_errors
+def runs(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder that holds the run folders.")] = Path("runs"),
+) -> None:
+    """List the runs under ./runs with their best validation loss and age."""
+    from charlm.report import runs_table
+    from charlm.runinfo import list_runs
+
+    found = list_runs(out_dir)
+    if not found:
+        raise CharlmError(f"no runs with a checkpoint under {out_dir}. Train one: charlm train shakespeare")
+    out.print(runs_table(found))
+
+
+@app.command()
+@user_errors
 def bench(
-    cell: Annotated[str, typer.Option(help="Recurrent cell to measure.")] = "lstm",
+    cell: Annotated[str, typer.Option(help="Recurrent cell to measure: lstm, gru or rnn.")] = "lstm",
     layers: Annotated[int, typer.Option(min=1, max=16, help="Stacked recurrent layers.")] = 2,
     hidden: Annotated[int, typer.Option(min=1, max=8192, help="Hidden units per layer (H).")] = 256,
     embed: Annotated[int, typer.Option(min=1, max=8192, help="Embedding width (E).")] = 64,

@@ -13,6 +13,8 @@ folder (``$CHARLM_CACHE``, else ``$XDG_CACHE_HOME/charlm``, else
 ``~/.cache/charlm``), named by the sha256 of the bytes and the decoding
 options, written to a temporary name and renamed into place when complete, and
 then used as an ``np.memmap``: later runs on the same file skip the second pass.
+Pages of a memmap that have been read are released every ``RELEASE_EVERY``
+batches (``release_pages``), so resident memory does not grow with the corpus.
 
 The last ``val_frac`` of the characters is held out for validation. For training,
 the rest is cut into B contiguous streams, one per batch row; batch k takes
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import mmap
 import os
 import sys
 import tempfile
@@ -45,6 +48,7 @@ MEMMAP_MIN_CHARS = 16 * 2**20  # corpora this long are encoded to a cached np.me
 CACHE_ENV = "CHARLM_CACHE"  # environment variable naming the cache folder
 CODE_POINTS = 0x110000  # size of the Unicode code space
 ERRORS = ("strict", "replace")  # accepted --errors policies
+RELEASE_EVERY = 256  # batches between releasing the read pages of a memmapped corpus
 
 BINARY_MAGIC = {
     b"\x89PNG": "a PNG image",
@@ -190,11 +194,6 @@ def decode_bytes(raw: bytes, label: str, encoding: str = "utf-8", errors: str = 
     return "".join(iter_text(io.BytesIO(raw), label, encoding, errors))
 
 
-def fingerprint(text: str) -> str:
-    """sha256 of the text's UTF-8 bytes: identifies a corpus in checkpoints."""
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-
-
 def split_text(text: str, val_frac: float) -> tuple[str, str]:
     """(train, validation): the validation part is the last ``val_frac`` of the characters."""
     n_val = int(round(len(text) * val_frac))
@@ -231,16 +230,27 @@ class BatchStream:
         s = slice(k * self.seq_len, (k + 1) * self.seq_len)
         x = np.ascontiguousarray(self._x[:, s].T, dtype=np.int64)
         y = np.ascontiguousarray(self._y[:, s].T, dtype=np.int64)
+        if k % RELEASE_EVERY == RELEASE_EVERY - 1:
+            release_pages(self.ids)
         return x, y
-
-
-def min_train_chars(batch_size: int, seq_len: int) -> int:
-    return batch_size * seq_len + 1
 
 
 # --------------------------------------------------------------------------- #
 # Corpora of any size: streaming passes, ids in memory or in a cached np.memmap
 # --------------------------------------------------------------------------- #
+
+
+def release_pages(ids: np.ndarray) -> None:
+    """Unmap the pages of a memmapped id array that have been read (they stay in the
+    OS page cache and are mapped again if read again), so reading a long corpus
+    front to back does not grow the process's resident memory. No-op for arrays in
+    memory."""
+    mapping = getattr(ids, "_mmap", None)  # np.memmap keeps its mmap.mmap here, views too
+    if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            mapping.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):
+            pass  # advice only
 
 
 def code_point_blocks(text: str) -> Iterator[np.ndarray]:
@@ -299,6 +309,14 @@ def scan_corpus(path: Path, encoding: str = "utf-8", errors: str = "strict", *, 
     collect its vocabulary and hash its bytes. Raises CorpusError or UsageError."""
     path = Path(path)
     label = str(path)
+    try:
+        special = path.exists() and not path.is_dir() and not path.is_file()
+    except OSError:
+        special = False  # iter_text reports it
+    if special:
+        raise CorpusError(
+            f"{label}: not a regular file (a pipe or a device). Training reads the corpus twice; save it to a file first."
+        )
     digest = hashlib.sha256()
     seen = np.zeros(CODE_POINTS, dtype=bool)  # (0x110000,) code points present
     n_chars = 0
@@ -363,7 +381,8 @@ def encode_corpus(
             ids[pos : pos + len(chunk)] = chunk
             pos += len(chunk)
         return ids, None
-    path = cache_dir() / f"{scan.sha256}-{scan.encoding}-{scan.errors}.u16"
+    codec = codecs.lookup(scan.encoding).name  # one name per codec: utf8, UTF-8 → utf-8
+    path = cache_dir() / f"{scan.sha256}-{codec}-{scan.errors}.u16"
     try:
         if path.is_file() and path.stat().st_size == 2 * N:
             if report:

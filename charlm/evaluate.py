@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from charlm.data import RELEASE_EVERY, release_pages
 from charlm.errors import CharlmError
 from charlm.model import CharModel
 from charlm.vocab import Vocab, code_points, describe_char
@@ -67,6 +68,8 @@ def surprisal_chunks(
         y = np.ascontiguousarray(rows_y[:, s:e].T, dtype=np.int64)
         nats, state = model.nll(x, y, state)
         yield starts + np.arange(s, e)[:, None], nats
+        if s // seq_len % RELEASE_EVERY == RELEASE_EVERY - 1:
+            release_pages(ids)  # a memmapped text (a long file): read pages need not stay resident
     rest = n_targets - B * L
     if rest:
         tail_state = [tuple(part[B - 1 : B].copy() for part in layer) for layer in state]

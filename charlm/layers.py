@@ -634,7 +634,9 @@ class Bidirectional:
         out[:, :, Hf:] = out_b[::-1]
         return out, (s_f, s_b)
 
-    def backward(self, grad_out: np.ndarray, x: np.ndarray, grad_state: tuple | None = None) -> tuple[np.ndarray, tuple]:
+    def backward(
+        self, grad_out: np.ndarray, x: np.ndarray, grad_state: tuple | None = None
+    ) -> tuple[np.ndarray, tuple]:
         """grad_out: (T, B, H→ + H←) ∂L/∂a<t>; x: the input of the last forward;
         grad_state: ∂L/∂(both final states) or None. Accumulates both cells'
         parameter gradients; returns (∂L/∂x (T, B, D), ∂L/∂(both initial states))."""

@@ -128,3 +128,108 @@ def span_lines(text: str, spans: Sequence[Span], width: int) -> Text:
         out.append(f"\n{rank:3d}. {where:<32} {sp.bits_per_char:6.2f} bits/char  ")
         out.append(json.dumps(text[sp.start : sp.end], ensure_ascii=False))
     return out
+
+
+# --------------------------------------------------------------------------- #
+# Run views
+# --------------------------------------------------------------------------- #
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: Sequence[float], width: int = 60) -> str:
+    """Values as a row of block characters (▁ lowest … █ highest), resampled to
+    at most ``width`` points; non-finite values are shown as spaces."""
+    vals = [float(v) for v in values]
+    if not vals:
+        return ""
+    if len(vals) > width:
+        idx = np.linspace(0, len(vals) - 1, width).round().astype(int)
+        vals = [vals[i] for i in idx]
+    finite = [v for v in vals if math.isfinite(v)]
+    if not finite:
+        return " " * len(vals)
+    lo, hi = min(finite), max(finite)
+    span = hi - lo
+    out = []
+    for v in vals:
+        if not math.isfinite(v):
+            out.append(" ")
+        elif span == 0:
+            out.append(SPARK[0])
+        else:
+            out.append(SPARK[min(len(SPARK) - 1, int((v - lo) / span * len(SPARK)))])
+    return "".join(out)
+
+
+def human_duration(seconds: float) -> str:
+    seconds = max(0.0, float(seconds))
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    d, h = divmod(h, 24)
+    if d:
+        return f"{d}d{h:02d}h"
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def info_table(info) -> Table:
+    """Everything ``charlm info`` shows about one checkpoint (a runinfo.RunInfo)."""
+    cfg, tr = info.config, info.train
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("checkpoint", f"{info.path} ({info.file_bytes / 1e6:.1f} MB)")
+    model = (
+        f"{cfg.get('layers')}×{cfg.get('hidden')} {str(cfg.get('cell', '?')).upper()}, embedding {cfg.get('embed')}, "
+        f"dropout {cfg.get('dropout', 0)}"
+    )
+    table.add_row("model", model)
+    table.add_row("parameters", f"{info.params:,}")
+    table.add_row("vocabulary", f"{info.vocab_size} characters")
+    if info.corpus:
+        c = info.corpus
+        text = f"{c.get('name', '?')}, {c.get('chars', 0):,} characters"
+        if c.get("val_chars"):
+            text += f" ({c['val_chars']:,} held out)"
+        table.add_row("corpus", text)
+    if tr:
+        table.add_row(
+            "training",
+            f"{tr.get('step', 0):,} steps, {tr.get('chars_seen', 0) / 1e6:.1f}M characters seen, "
+            f"{human_duration(tr.get('elapsed', 0.0))}",
+        )
+    best = info.best_val
+    if math.isfinite(best):
+        table.add_row(
+            "best validation",
+            f"{best:.4f} nats/char, {best / math.log(2):.4f} bits/char, perplexity {math.exp(min(best, 700)):.3f} "
+            f"(step {tr.get('best_step', 0):,})",
+        )
+    if info.val_curve:
+        vals = [v for _, v in info.val_curve]
+        finite = [v for v in vals if math.isfinite(v)]
+        rng = f"  {max(finite):.3f} → {min(finite):.3f}" if finite else ""
+        table.add_row("validation curve", f"{sparkline(vals)}{rng}  ({len(vals)} evaluations)")
+    return table
+
+
+def runs_table(infos) -> Table:
+    """``charlm runs``: one row per run folder."""
+    table = Table(title="Runs (newest first)")
+    for col, just in (("run", "left"), ("model", "left"), ("best val nats/char", "right"),
+                      ("bits/char", "right"), ("steps", "right"), ("age", "right")):
+        table.add_column(col, justify=just)
+    for r in infos:
+        cfg = r.config
+        best = r.best_val
+        table.add_row(
+            str(r.path.parent),
+            f"{cfg.get('layers')}×{cfg.get('hidden')} {str(cfg.get('cell', '?')).upper()}",
+            f"{best:.4f}" if math.isfinite(best) else "–",
+            f"{best / math.log(2):.4f}" if math.isfinite(best) else "–",
+            f"{r.train.get('step', 0):,}",
+            human_duration(r.age_seconds) + " ago",
+        )
+    return table

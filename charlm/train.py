@@ -129,7 +129,8 @@ class Trainer:
         self.elapsed = 0.0  # seconds in the loop, validation included
         self.train_seconds = 0.0  # seconds in training steps only
         self.total_steps = self._planned_steps()
-        self.history: list[dict] = []
+        self.history: list[dict] = []  # metrics records of this session
+        self.val_curve: list[list[float]] = []  # [step, val loss] of every validation of the run
         self.lr = 0.0
         self.stop_signal: int | None = None  # set by SIGINT/SIGTERM or request_stop()
         self.saved_step: int | None = None  # step of the newest last.safetensors written
@@ -305,6 +306,7 @@ class Trainer:
             "elapsed": round(self.elapsed, 2),
         }
         self.history.append(record)
+        self.val_curve.append([self.step, round(val, 5)])
         # With no held-out text (val is NaN) the newest weights are the best we know.
         improved = math.isnan(val) or val < self.best_val
         if improved and not math.isnan(val):
@@ -340,6 +342,7 @@ class Trainer:
             "adam_t": self.optimizer.t,
             "rng": self.rng.bit_generator.state,
             "config": asdict(self.config),
+            "val_curve": self.val_curve,
         }
 
     def save(self, path: Path) -> None:
@@ -380,6 +383,7 @@ class Trainer:
             best_val = math.inf if t.get("best_val") is None else float(t["best_val"])
             best_step, elapsed = int(t.get("best_step", 0)), float(t.get("elapsed", 0.0))
             train_seconds = float(t.get("train_seconds", 0.0))
+            val_curve = [[int(a), float(b)] for a, b in t.get("val_curve", []) if int(a) <= step]
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(f"{where}: the training state is damaged, so it cannot be resumed.") from None
         self.model.load_params(ckpt.params)
@@ -391,6 +395,7 @@ class Trainer:
         self.total_steps = None if total is None else int(total)
         self.best_val, self.best_step = best_val, best_step
         self.elapsed, self.train_seconds = elapsed, train_seconds
+        self.val_curve = val_curve
         if where is not None and where.name == "last.safetensors" and where.parent == self.run_dir:
             self.saved_step = step
 

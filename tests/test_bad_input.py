@@ -183,6 +183,14 @@ CASES = [
         r"65,537 distinct characters; a charlm model holds at most 65,536",
         {"big.txt": "".join(map(chr, range(0x10000, 0x10000 + 65_537)))},
     ),
+    Case("corpus-device", ["train", "/dev/zero", *TINY], 1, r"/dev/zero: not a regular file"),
+    Case(
+        "corpus-pipe",
+        ["train", "fifo", *TINY],
+        1,
+        r"fifo: not a regular file \(a pipe or a device\)\. .*save it to a file first",
+        {"fifo": lambda p: os.mkfifo(p)},
+    ),
     Case("encoding-unknown", ["train", "small.txt", "--encoding", "klingon", *TINY], 2, r"unknown encoding", SMALL),
     Case("encoding-not-text", ["train", "small.txt", "--encoding", "rot13", *TINY], 2, r"not a text encoding", SMALL),
     Case("errors-policy", ["train", "small.txt", "--errors", "ignore", *TINY], 2, r"--errors must be", SMALL),
@@ -433,6 +441,18 @@ def test_invalid_utf8_can_proceed_with_errors_replace(workdir, capsys, monkeypat
     code, out, err = call(capsys, ["train", "latin.txt", *TINY, "--encoding", "latin-1"], None, monkeypatch)
     assert code == 0, err
     assert load(workdir / "runs" / "latin-2" / "best.safetensors").vocab.index("é") is not None
+
+
+def test_ctrl_c_outside_training_is_one_line(workdir, capsys, monkeypatch):
+    """Ctrl-C while, say, a checkpoint loads: exit 130 and one line, no traceback."""
+    write_checkpoint(workdir / "good.safetensors")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("charlm.checkpoint.load", interrupted)
+    code, out, err = call(capsys, ["sample", "-c", "good.safetensors"], None, monkeypatch)
+    check_one_line(code, out, err, Case("ctrl-c", [], 130, r"^error: interrupted\.$"))
 
 
 def test_run_folder_permission_denied(workdir, capsys, monkeypatch):

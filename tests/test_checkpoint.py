@@ -43,7 +43,9 @@ def test_round_trip_is_exact(tmp_path, cell):
     # the cell comes back from the checkpoint alone, and computes the same function
     assert type(rebuilt.rnn[1]) is type(model.rnn[1]) and type(model.rnn[1]).__name__ == cell.upper()
     ids = np.array([[0, 1], [2, 3], [4, 0]])
-    assert np.array_equal(rebuilt.forward_logits(ids, rebuilt.zero_state(2))[0], model.forward_logits(ids, model.zero_state(2))[0])
+    assert np.array_equal(
+        rebuilt.forward_logits(ids, rebuilt.zero_state(2))[0], model.forward_logits(ids, model.zero_state(2))[0]
+    )
 
 
 def test_tensors_are_pytorch_state_dict_layout(tmp_path):

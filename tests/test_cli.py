@@ -157,7 +157,9 @@ def test_each_cell_trains_then_samples_scores_and_resumes_without_a_flag(tmp_pat
 
 
 def test_unknown_cell_is_one_clear_line(tmp_path, small_corpus):
-    r = runner.invoke(app, ["train", str(small_corpus), "--cell", "foo", "--steps", "1", "--out", str(tmp_path / "runs")])
+    r = runner.invoke(
+        app, ["train", str(small_corpus), "--cell", "foo", "--steps", "1", "--out", str(tmp_path / "runs")]
+    )
     assert r.exit_code != 0
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "'foo'" in lines[0]

@@ -277,3 +277,41 @@ def test_streamed_perplexity_equals_in_memory_scoring(tmp_path, tiny_checkpoint,
         assert math.isclose(float(values["nats/char"]), expected.nats_per_char, abs_tol=1e-4)
         assert values["scored"].startswith(f"{expected.chars:,} ")
         assert values["unknown"].startswith(f"{enc.unknown_count} ")
+
+
+def rss_file_kb() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("RssFile:"))
+
+
+def test_release_pages_unmaps_what_was_read(tmp_path):
+    path = tmp_path / "ids.u16"
+    np.arange(8 * 2**20, dtype=np.uint16).tofile(path)  # 16 MB
+    ids = np.memmap(path, dtype=np.uint16, mode="r")
+    before = rss_file_kb()
+    total = int(ids.sum(dtype=np.int64))
+    assert rss_file_kb() - before > 12_000  # reading mapped the pages
+    data.release_pages(ids[10:])  # a view of the memmap works too
+    assert rss_file_kb() - before < 2_000
+    assert int(ids.sum(dtype=np.int64)) == total  # still readable, from the page cache
+    data.release_pages(np.zeros(3))  # an array in memory: nothing to do
+
+
+def test_releasing_pages_while_scoring_and_training_changes_nothing(tmp_path, cache, monkeypatch):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(MIXED * 4, encoding="utf-8")
+    cfg = dict(batch_size=4, seq_len=8, steps=6, eval_every=3, val_frac=0.2)
+    kw = dict(layers=1, hidden=8, embed=4)
+    monkeypatch.setattr(data, "MEMMAP_MIN_CHARS", 100)
+    a = prepare_run(corpus, tmp_path / "a", TrainConfig(**cfg), **kw)
+    sa = a.run()
+    calls = []
+    real = data.release_pages
+    monkeypatch.setattr(data, "release_pages", lambda ids: calls.append(1) or real(ids))
+    monkeypatch.setattr("charlm.evaluate.release_pages", data.release_pages)
+    monkeypatch.setattr(data, "RELEASE_EVERY", 1)
+    monkeypatch.setattr("charlm.evaluate.RELEASE_EVERY", 1)
+    b = prepare_run(corpus, tmp_path / "b", TrainConfig(**cfg), **kw)
+    sb = b.run()
+    assert len(calls) > 6  # every batch and every scoring chunk released its pages
+    assert np.array_equal(a.model.flat, b.model.flat) and sa.best_val == sb.best_val
