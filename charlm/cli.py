@@ -74,8 +74,10 @@ MODEL_HELP = (
 )
 
 
-def _checkpoint_path(checkpoint: Path | None, model: str | None = None) -> Path:
-    from charlm.corpora import resolve_model
+def _checkpoint_path(checkpoint: Path | None, model: str | None = None, *, fallback: str | None = None) -> Path:
+    """--checkpoint or --model, else the newest run's best checkpoint, else (with
+    ``fallback``) that shipped pretrained model, said on stderr."""
+    from charlm.corpora import resolve_model, shipped_model
     from charlm.runs import checkpoint_in, newest_checkpoint
 
     if checkpoint is not None and model is not None:
@@ -85,6 +87,9 @@ def _checkpoint_path(checkpoint: Path | None, model: str | None = None) -> Path:
     if checkpoint is not None:
         return checkpoint_in(checkpoint)
     found = newest_checkpoint()
+    if found is None and fallback is not None and (shipped := shipped_model(fallback)) is not None:
+        err.print(f"no trained model under ./runs; using the shipped {fallback} model ({shipped})", markup=False)
+        return shipped
     if found is None:
         raise CharlmError("no trained model under ./runs. Train one first: charlm train shakespeare")
     err.print(f"using {found}")
@@ -149,6 +154,14 @@ def train(
             min=0.0, max=0.5, help="Fraction of the text, from its end, held out for validation; in (0, 0.5]."
         ),
     ] = 0.1,
+    val_chars: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Validate on at most this many characters from the start of the held-out text (0 = all), "
+            "so validation stays quick on a large corpus.",
+        ),
+    ] = 500_000,
     eval_every: Annotated[
         int, typer.Option(min=1, help="Steps between validations (each writes checkpoints and a metrics line).")
     ] = 200,
@@ -226,6 +239,7 @@ def train(
         lr=lr,
         clip=clip,
         val_frac=val_frac,
+        val_chars=val_chars,
         eval_every=eval_every,
         steps=steps,
         epochs=epochs,
@@ -314,7 +328,7 @@ def sample(
         typer.Option(
             "--checkpoint",
             "-c",
-            help="Checkpoint file or run folder. Default: the best checkpoint of the newest run under ./runs.",
+            help="Checkpoint file or run folder. Default: the best checkpoint of the newest run under ./runs, or with no runs the shipped Shakespeare model.",
         ),
     ] = None,
     model_name: Annotated[str | None, typer.Option("--model", "-m", metavar="NAME|PATH", help=MODEL_HELP)] = None,
@@ -407,7 +421,7 @@ def sample(
     label = "--prime"
     if prime_file is not None:
         prime, label = _read_prime(prime_file), f"--prime-file {prime_file}"
-    ckpt = load(_checkpoint_path(checkpoint, model_name))
+    ckpt = load(_checkpoint_path(checkpoint, model_name, fallback="shakespeare"))
     vocab = ckpt.vocab
     try:
         enc = vocab.encode(prime, unknown=unknown)

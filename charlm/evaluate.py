@@ -5,6 +5,10 @@ row, T steps at a time, so a multi-megabyte file is a few hundred batched
 forward passes. Every character after the first is predicted exactly once:
 row b predicts targets [bL, (b+1)L) (L = ⌊(N−1)/B⌋), and the last few that do
 not fill a row are predicted by continuing from the end of the last row.
+Before its first prediction, row b ≥ 1 reads the W = EVAL_WARMUP characters
+that precede its start, unscored, so its (a<t>, c<t>) carry context as they
+would in one pass over the whole text; the result then matches a single
+unbatched pass to about 1e-4 nats/char instead of paying for B cold starts.
 Training's validation loss is this same computation on the held-out text.
 """
 
@@ -24,6 +28,7 @@ from charlm.vocab import Vocab, code_points, describe_char
 
 EVAL_BATCH = 64  # rows scored in parallel
 EVAL_SEQ = 128  # steps per forward pass
+EVAL_WARMUP = 256  # characters each row ≥ 1 reads, unscored, before its first prediction
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,11 @@ class Score:
 
 
 def surprisal_chunks(
-    model: CharModel, ids: np.ndarray, batch_size: int = EVAL_BATCH, seq_len: int = EVAL_SEQ
+    model: CharModel,
+    ids: np.ndarray,
+    batch_size: int = EVAL_BATCH,
+    seq_len: int = EVAL_SEQ,
+    warmup: int = EVAL_WARMUP,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (target positions, −log p in nats) for every target ids[1:], chunk by chunk.
 
@@ -61,6 +70,14 @@ def surprisal_chunks(
     rows_x = ids[: B * L].reshape(B, L)
     rows_y = ids[1 : B * L + 1].reshape(B, L)
     state = model.zero_state(B)
+    W = min(warmup, L)  # row b ≥ 1 starts at bL ≥ L, so W characters precede it
+    if B > 1 and W > 0:
+        before = np.stack([ids[b * L - W : b * L] for b in range(1, B)], axis=1).astype(np.int64)  # (W, B−1)
+        _, warm = model.nll(before, before, model.zero_state(B - 1))  # only the final state is kept
+        state = [
+            tuple(np.concatenate([z[:1], w]) for z, w in zip(zl, wl, strict=True))
+            for zl, wl in zip(state, warm, strict=True)
+        ]  # row 0 starts the text: zero state
     starts = np.arange(B)[None, :] * L  # (1, B)
     for s in range(0, L, seq_len):
         e = min(L, s + seq_len)

@@ -25,10 +25,13 @@ class TrainingDisplay(Callbacks):
             budget.append(f"{c.epochs:g} epochs")
         if c.minutes is not None:
             budget.append(f"{c.minutes:g} minutes")
+        held_out = f"{len(trainer.val_ids):,}"
+        if len(trainer.val_ids) < trainer.held_out:
+            held_out += f" of the {trainer.held_out:,} held out (--val-chars)"
         self.console.print(
             f"training a {m.config.layers}×{m.config.hidden} {m.config.cell.upper()} "
             f"({m.num_params:,} parameters, vocabulary {m.config.vocab_size}) on "
-            f"{len(trainer.stream.ids):,} characters, validating on {len(trainer.val_ids):,}; "
+            f"{len(trainer.stream.ids):,} characters, validating on {held_out}; "
             f"budget {' or '.join(budget)}; run folder {trainer.run_dir}"
         )
         if self.interactive:

@@ -217,10 +217,12 @@ def info_table(info) -> Table:
 
 def runs_table(infos) -> Table:
     """``charlm runs``: one row per run folder."""
+    infos = list(infos)
     table = Table(title="Runs (newest first)")
-    for col, just in (("run", "left"), ("model", "left"), ("best val nats/char", "right"),
-                      ("bits/char", "right"), ("steps", "right"), ("age", "right")):
-        table.add_column(col, justify=just)
+    # The run folder is what the user types next, so it is never cut short.
+    table.add_column("run", no_wrap=True, min_width=max((len(str(r.path.parent)) for r in infos), default=3))
+    for col in ("model", "best val nats/char", "bits/char", "steps", "age"):
+        table.add_column(col, justify="left" if col == "model" else "right")
     for r in infos:
         cfg = r.config
         best = r.best_val

@@ -52,6 +52,7 @@ class TrainConfig:
     lr: float = 3e-3  # peak Adam learning rate
     clip: float = 5.0  # maximum global gradient norm
     val_frac: float = 0.1  # held-out tail of the corpus
+    val_chars: int = 500_000  # validate on at most this many held-out characters (0: all of them)
     eval_every: int = 200  # steps between validations
     steps: int | None = None  # budget: optimizer steps
     epochs: float | None = None  # budget: passes over the training text
@@ -115,7 +116,8 @@ class Trainer:
         self.corpus = corpus or {}
         self.callbacks = callbacks or Callbacks()
         self.stream = BatchStream(train_ids, config.batch_size, config.seq_len)
-        self.val_ids = val_ids
+        self.held_out = len(val_ids)  # characters held out; validation reads the first val_chars of them
+        self.val_ids = val_ids[: config.val_chars] if config.val_chars else val_ids
         self.optimizer = Adam(model.num_params, model.dtype)
         workers = config.threads or default_workers(config.batch_size)
         self.stepper = DataParallel(model, workers)  # loss_and_grads over row blocks on the cores
@@ -467,7 +469,18 @@ def prepare_run(
     return Trainer(model, corpus.vocab, corpus.train_ids, corpus.val_ids, config, run_dir, corpus.info(), callbacks)
 
 
-FIXED_ON_RESUME = ("cell", "layers", "hidden", "embed", "dropout", "batch_size", "seq_len", "val_frac", "seed")
+FIXED_ON_RESUME = (
+    "cell",
+    "layers",
+    "hidden",
+    "embed",
+    "dropout",
+    "batch_size",
+    "seq_len",
+    "val_frac",
+    "val_chars",
+    "seed",
+)
 CHANGEABLE_ON_RESUME = ("lr", "clip", "eval_every", "threads")  # threads: bit-exact only with the same worker count
 BUDGETS = ("steps", "epochs", "minutes")
 

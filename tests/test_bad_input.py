@@ -261,7 +261,7 @@ CASES = [
     ],
     # -- checkpoints ---------------------------------------------------------------
     Case("ckpt-missing", ["sample", "-c", "nope.safetensors"], 1, r"nope\.safetensors: no such checkpoint"),
-    Case("ckpt-no-run-yet", ["sample"], 1, r"no trained model under \./runs.*charlm train"),
+    Case("ckpt-no-run-yet", ["score", "hello"], 1, r"no trained model under \./runs.*charlm train"),
     Case("ckpt-folder-without-one", ["sample", "-c", "adir"], 1, r"no checkpoint in this folder", {"adir": None}),
     Case(
         "ckpt-text-file",

@@ -79,8 +79,33 @@ def test_validation_loss_equals_perplexity_of_the_tail(tmp_path, small_corpus):
     assert abs(got - val) < 1e-3
 
 
+def test_val_chars_validates_on_the_start_of_the_held_out_text(tmp_path, small_corpus):
+    r = runner.invoke(
+        app,
+        ["train", str(small_corpus), "--steps", "4", "--val-chars", "40", "--out", str(tmp_path / "runs"), *TINY],
+    )
+    assert r.exit_code == 0, r.output
+    held_out = int(round(len(small_corpus.read_text()) * 0.1))
+    assert f"validating on 40 of the {held_out:,} held out (--val-chars)" in r.stderr
+    run = tmp_path / "runs" / "small"
+    val = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["val_loss"]
+    text = small_corpus.read_text()
+    head = tmp_path / "head.txt"
+    head.write_text(text[len(text) - held_out :][:40])
+    p = runner.invoke(app, ["perplexity", str(head), "-c", str(run / "last.safetensors")])
+    assert abs(float(p.stdout.split()[1]) - val) < 1e-3
+    # The whole held-out text scores differently, so the cap was applied.
+    whole = tmp_path / "whole.txt"
+    whole.write_text(text[len(text) - held_out :])
+    q = runner.invoke(app, ["perplexity", str(whole), "-c", str(run / "last.safetensors")])
+    assert abs(float(q.stdout.split()[1]) - val) > 1e-3
+
+
 def test_no_run_yet_says_train_first(tmp_path, monkeypatch):
+    import charlm.corpora
+
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(charlm.corpora, "shipped_model", lambda name: None)  # no shipped model to fall back on
     r = runner.invoke(app, ["sample"])
     assert r.exit_code == 1
     assert "train" in r.stderr and "Traceback" not in r.output

@@ -79,6 +79,18 @@ def test_every_target_is_scored_exactly_once(n):
     assert math.isclose(score.bits_per_char, score.nats_per_char / math.log(2))
 
 
+
+def test_batched_scoring_warms_each_row_up_like_one_pass():
+    """Rows after the first read the characters before their start, so every
+    character's surprisal equals the one a single unbatched pass gives."""
+    rng = np.random.default_rng(7)
+    model = CharModel(ModelConfig(vocab_size=5, embed=3, hidden=4, layers=2), dtype=np.float64)
+    ids = rng.integers(0, 5, 4000).astype(np.uint16)
+    one_pass = surprisal(model, ids, batch_size=1, seq_len=64)
+    assert np.allclose(surprisal(model, ids, batch_size=8, seq_len=16), one_pass, rtol=0, atol=1e-9)
+    cold = surprisal(model, ids, batch_size=8, seq_len=16, warmup=0)  # each row from a zero state
+    assert not np.allclose(cold, one_pass, rtol=0, atol=1e-6)
+
 def test_single_row_scoring_matches_direct_nll():
     rng = np.random.default_rng(0)
     model = CharModel(ModelConfig(vocab_size=6, embed=3, hidden=5, layers=2), dtype=np.float64)
