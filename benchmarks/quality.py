@@ -46,7 +46,7 @@ SECTION = "Quality at equal time"
 # Config B and the training recipe (charlm train's defaults, passed explicitly).
 LAYERS, HIDDEN, EMBED, BATCH, SEQ_LEN = 2, 256, 64, 32, 64
 LR, WARMUP, FINAL_LR_FRAC, CLIP, VAL_FRAC, EVAL_EVERY = 3e-3, 50, 0.1, 5.0, 0.1, 200
-EVAL_BATCH, EVAL_SEQ = 64, 128  # as charlm.evaluate
+EVAL_BATCH, EVAL_SEQ, EVAL_WARMUP = 64, 128, 256  # as charlm.evaluate
 
 
 # --------------------------------------------------------------------------- #
@@ -122,6 +122,7 @@ def torch_val_loss(model, ids) -> float:
 
     Row b of B predicts targets [bL, (b+1)L), L = ⌊(N−1)/B⌋, T' = 128 steps at a time with the state
     carried; the last (N−1) − BL targets are predicted by continuing from the end of the last row.
+    Before that, rows b ≥ 1 read the W = EVAL_WARMUP characters before their start, unscored.
     """
     import numpy as np
     import torch
@@ -143,6 +144,12 @@ def torch_val_loss(model, ids) -> float:
     was_training = model.training
     model.eval()
     with torch.inference_mode():
+        W = min(EVAL_WARMUP, L)
+        if B > 1 and W > 0:
+            before = np.stack([ids64[b * L - W : b * L] for b in range(1, B)], axis=1)  # (W, B−1)
+            _, (h, c) = model(torch.from_numpy(before), None)  # (layers, B−1, H) each
+            zero = torch.zeros_like(h[:, :1])
+            state = (torch.cat([zero, h], dim=1), torch.cat([zero, c], dim=1))
         for s in range(0, L, EVAL_SEQ):
             nats, n, state = score(rows_x[s : s + EVAL_SEQ], rows_y[s : s + EVAL_SEQ], state)
             total, count = total + nats, count + n

@@ -322,7 +322,17 @@ def load(path: Path, with_extra: bool = True) -> Checkpoint:
 
 # Training-state fields that describe a model's history; a shipped model keeps
 # these and drops what only resuming needs (optimizer moments, RNG, data position).
-HISTORY_FIELDS = ("step", "epoch", "best_val", "best_step", "chars_seen", "elapsed", "train_seconds", "val_curve", "config")
+HISTORY_FIELDS = (
+    "step",
+    "epoch",
+    "best_val",
+    "best_step",
+    "chars_seen",
+    "elapsed",
+    "train_seconds",
+    "val_curve",
+    "config",
+)
 
 
 def export(src: Path, dst: Path, half: bool = False) -> Checkpoint:

@@ -716,9 +716,13 @@ def info(
 @app.command()
 @user_errors
 def export(
-    source: Annotated[Path, typer.Argument(help="A checkpoint file or a run folder (its best checkpoint).", show_default=False)],
+    source: Annotated[
+        Path, typer.Argument(help="A checkpoint file or a run folder (its best checkpoint).", show_default=False)
+    ],
     destination: Annotated[Path, typer.Argument(help="The .safetensors file to write.", show_default=False)],
-    half: Annotated[bool, typer.Option("--half", help="Store the weights as float16: half the size, loaded as float32.")] = False,
+    half: Annotated[
+        bool, typer.Option("--half", help="Store the weights as float16: half the size, loaded as float32.")
+    ] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace DESTINATION if it exists.")] = False,
 ) -> None:
     """Write a model file for sharing: weights, config, vocabulary and training history only."""
@@ -760,7 +764,12 @@ def bench(
     vocab: Annotated[int, typer.Option(min=2, max=65536, help="Vocabulary size of the synthetic data.")] = 65,
     windows: Annotated[int, typer.Option(min=1, max=100, help="Timed training windows; the median is reported.")] = 5,
     window_seconds: Annotated[float, typer.Option(min=0.01, help="Minimum seconds per training window.")] = 2.0,
-    threads: Annotated[int, typer.Option(min=0, max=256, help="Row blocks trained in parallel; 0 = one per CPU core, as 'charlm train' does.")] = 0,
+    threads: Annotated[
+        int,
+        typer.Option(
+            min=0, max=256, help="Row blocks trained in parallel; 0 = one per CPU core, as 'charlm train' does."
+        ),
+    ] = 0,
     train: Annotated[bool, typer.Option("--train/--no-train", help="Measure training throughput.")] = True,
     sample: Annotated[bool, typer.Option("--sample/--no-sample", help="Measure sampling throughput.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
@@ -789,8 +798,11 @@ def bench(
         if key in result:
             r = result[key]
             table.add_row(
-                label, f"{r['chars_per_s']:,.0f}", f"{min(r['windows']):,.0f}–{max(r['windows']):,.0f}",
-                f"{r['gflops']:.2f}", f"{100 * r['roofline_fraction']:.1f}%",
+                label,
+                f"{r['chars_per_s']:,.0f}",
+                f"{min(r['windows']):,.0f}–{max(r['windows']):,.0f}",
+                f"{r['gflops']:.2f}",
+                f"{100 * r['roofline_fraction']:.1f}%",
             )
     out.print(table)
     m = result["machine"]

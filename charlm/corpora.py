@@ -46,7 +46,6 @@ def resolve(name_or_path: str) -> tuple[Path, str]:
     return corpus_dir() / SHIPPED[name_or_path][0], name_or_path
 
 
-
 # Pretrained models, one per shipped corpus: charlm/models/NAME.safetensors in an
 # installed wheel, models/NAME.safetensors in a checkout.
 SHIPPED_MODELS = ("shakespeare", "news")

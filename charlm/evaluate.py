@@ -47,7 +47,11 @@ class Score:
 
     @property
     def perplexity(self) -> float:
-        return math.exp(self.nats_per_char)
+        """e^(nats/char); inf when that overflows a float (a model that is sure and wrong)."""
+        try:
+            return math.exp(self.nats_per_char)
+        except OverflowError:
+            return math.inf
 
 
 def surprisal_chunks(
@@ -210,8 +214,7 @@ def score_sentences(
             total += (chunk * keep[s:e]).sum(axis=0)
         nats[group] = total
     return [
-        SentenceScore(text, float(nats[i]), max(0, int(lengths[i]) - 1), dropped[i])
-        for i, text in enumerate(sentences)
+        SentenceScore(text, float(nats[i]), max(0, int(lengths[i]) - 1), dropped[i]) for i, text in enumerate(sentences)
     ]
 
 

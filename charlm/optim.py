@@ -55,10 +55,7 @@ class Adam:
             return
         n = params.size
         bounds = [round(n * k / 2) for k in range(3)]
-        run([
-            lambda s=slice(lo, hi): self._update(s, params, grad, lr, bc1, bc2)
-            for lo, hi in pairwise(bounds)
-        ])
+        run([lambda s=slice(lo, hi): self._update(s, params, grad, lr, bc1, bc2) for lo, hi in pairwise(bounds)])
 
     def _update(self, part: slice, params, grad, lr: float, bc1: float, bc2: float) -> None:
         b1, b2 = self.beta1, self.beta2

@@ -12,7 +12,22 @@ from charlm.cli import app
 from charlm.model import CharModel, ModelConfig
 
 runner = CliRunner()
-TINY = ["--layers", "1", "--hidden", "16", "--embed", "8", "--batch", "4", "--seq-len", "8", "--windows", "2", "--window-seconds", "0.05"]
+TINY = [
+    "--layers",
+    "1",
+    "--hidden",
+    "16",
+    "--embed",
+    "8",
+    "--batch",
+    "4",
+    "--seq-len",
+    "8",
+    "--windows",
+    "2",
+    "--window-seconds",
+    "0.05",
+]
 
 
 def test_bench_json_is_consistent():
@@ -40,7 +55,9 @@ def test_flop_count_matches_parameter_shapes():
     cfg = ModelConfig(vocab_size=50, embed=8, hidden=12, layers=3)
     shapes = CharModel.param_shapes(cfg)
     weights = sum(
-        a * b for n, (a, b) in ((n, s) for n, s in shapes.items() if len(s) == 2) if n not in ("embedding.weight", "rnn.weight_ih_l0")
+        a * b
+        for n, (a, b) in ((n, s) for n, s in shapes.items() if len(s) == 2)
+        if n not in ("embedding.weight", "rnn.weight_ih_l0")
     )
     assert flops_per_char(cfg, training=False) == 2 * weights
     # backward does two products per forward product, plus the first layer's input products

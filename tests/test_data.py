@@ -79,7 +79,6 @@ def test_every_target_is_scored_exactly_once(n):
     assert math.isclose(score.bits_per_char, score.nats_per_char / math.log(2))
 
 
-
 def test_batched_scoring_warms_each_row_up_like_one_pass():
     """Rows after the first read the characters before their start, so every
     character's surprisal equals the one a single unbatched pass gives."""
@@ -91,6 +90,7 @@ def test_batched_scoring_warms_each_row_up_like_one_pass():
     cold = surprisal(model, ids, batch_size=8, seq_len=16, warmup=0)  # each row from a zero state
     assert not np.allclose(cold, one_pass, rtol=0, atol=1e-6)
 
+
 def test_single_row_scoring_matches_direct_nll():
     rng = np.random.default_rng(0)
     model = CharModel(ModelConfig(vocab_size=6, embed=3, hidden=5, layers=2), dtype=np.float64)
@@ -99,3 +99,10 @@ def test_single_row_scoring_matches_direct_nll():
         ids[:-1].astype(np.int64).reshape(-1, 1), ids[1:].astype(np.int64).reshape(-1, 1), model.zero_state(1)
     )
     assert np.allclose(surprisal(model, ids, batch_size=1, seq_len=7), direct.ravel())
+
+
+def test_perplexity_of_a_huge_loss_is_infinite_not_an_error():
+    from charlm.evaluate import Score
+
+    assert Score(nats=1000.0, chars=1).perplexity == math.inf
+    assert math.isclose(Score(nats=2.0, chars=2).perplexity, math.e)

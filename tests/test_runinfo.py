@@ -17,7 +17,9 @@ runner = CliRunner()
 TINY = ["--hidden", "16", "--embed", "8", "--layers", "1", "--batch-size", "4", "--seq-len", "16", "--eval-every", "2"]
 
 
-@given(st.lists(st.floats(allow_nan=False, allow_infinity=False, min_value=-1e6, max_value=1e6), min_size=1, max_size=300))
+@given(
+    st.lists(st.floats(allow_nan=False, allow_infinity=False, min_value=-1e6, max_value=1e6), min_size=1, max_size=300)
+)
 def test_sparkline_orders_values(values):
     line = sparkline(values, width=40)
     assert len(line) == min(len(values), 40)

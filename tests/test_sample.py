@@ -379,12 +379,13 @@ def test_model_alias(tiny_checkpoint, monkeypatch):
     assert shipped.exit_code == 0 and shipped.stdout == by_path.stdout
 
 
-
 def test_sample_with_no_runs_falls_back_to_the_shipped_shakespeare_model(tiny_checkpoint, tmp_path, monkeypatch):
     import charlm.corpora
 
     monkeypatch.chdir(tmp_path)  # no ./runs here
-    monkeypatch.setattr(charlm.corpora, "shipped_model", lambda name: tiny_checkpoint if name == "shakespeare" else None)
+    monkeypatch.setattr(
+        charlm.corpora, "shipped_model", lambda name: tiny_checkpoint if name == "shakespeare" else None
+    )
     r = runner.invoke(app, ["sample", "-n", "40", "--seed", "3"])
     assert r.exit_code == 0, r.output
     assert r.stdout == sample_cli(tiny_checkpoint, "-n", "40", "--seed", "3").stdout
@@ -396,6 +397,7 @@ def test_sample_with_no_runs_falls_back_to_the_shipped_shakespeare_model(tiny_ch
     monkeypatch.setattr(charlm.corpora, "shipped_model", lambda name: None)
     none = runner.invoke(app, ["sample", "-n", "5"])
     assert none.exit_code == 1 and none.stdout == "" and "charlm train shakespeare" in none.stderr
+
 
 def test_help_explains_every_control():
     r = runner.invoke(app, ["sample", "--help"])
