@@ -72,6 +72,10 @@ MODEL_HELP = (
     "A shipped pretrained model, shakespeare or news, or a checkpoint file or run folder "
     "(then the same as --checkpoint)."
 )
+CHECKPOINT_HELP = "Checkpoint file or run folder. Default: the best checkpoint of the newest run under ./runs"
+# The two ways every model-reading command is told which model to read.
+CheckpointOption = Annotated[Path | None, typer.Option("--checkpoint", "-c", help=CHECKPOINT_HELP + ".")]
+ModelOption = Annotated[str | None, typer.Option("--model", "-m", metavar="NAME|PATH", help=MODEL_HELP)]
 
 
 def _checkpoint_path(checkpoint: Path | None, model: str | None = None, *, fallback: str | None = None) -> Path:
@@ -328,10 +332,10 @@ def sample(
         typer.Option(
             "--checkpoint",
             "-c",
-            help="Checkpoint file or run folder. Default: the best checkpoint of the newest run under ./runs, or with no runs the shipped Shakespeare model.",
+            help=CHECKPOINT_HELP + ", or with no runs the shipped Shakespeare model.",
         ),
     ] = None,
-    model_name: Annotated[str | None, typer.Option("--model", "-m", metavar="NAME|PATH", help=MODEL_HELP)] = None,
+    model_name: ModelOption = None,
     length: Annotated[
         int, typer.Option("--length", "-n", help="Characters to generate per sample, not counting the prime; ≥ 0.")
     ] = 200,
@@ -514,15 +518,8 @@ def _listed(chars) -> str:
 @user_errors
 def perplexity(
     file: Annotated[str, typer.Argument(help="Text file to score, or - for standard input.")],
-    checkpoint: Annotated[
-        Path | None,
-        typer.Option(
-            "--checkpoint",
-            "-c",
-            help="Checkpoint file or run folder. Default: the best checkpoint of the newest run under ./runs.",
-        ),
-    ] = None,
-    model_name: Annotated[str | None, typer.Option("--model", "-m", metavar="NAME|PATH", help=MODEL_HELP)] = None,
+    checkpoint: CheckpointOption = None,
+    model_name: ModelOption = None,
     encoding: Annotated[str, typer.Option(help="Text encoding of the file.")] = "utf-8",
     errors: Annotated[str, typer.Option(help="Undecodable bytes: strict or replace.")] = "strict",
     show: Annotated[
@@ -599,15 +596,8 @@ def score(
             "--file", "-f", metavar="PATH", help="Also score every non-blank line of this file (- for standard input)."
         ),
     ] = None,
-    checkpoint: Annotated[
-        Path | None,
-        typer.Option(
-            "--checkpoint",
-            "-c",
-            help="Checkpoint file or run folder. Default: the best checkpoint of the newest run under ./runs.",
-        ),
-    ] = None,
-    model_name: Annotated[str | None, typer.Option("--model", "-m", metavar="NAME|PATH", help=MODEL_HELP)] = None,
+    checkpoint: CheckpointOption = None,
+    model_name: ModelOption = None,
     unknown: Annotated[
         str,
         typer.Option(

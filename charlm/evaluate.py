@@ -122,11 +122,10 @@ def surprisal(model: CharModel, ids: np.ndarray, **kw) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class SentenceScore:
-    text: str  # the sentence as given
-    nats: float  # −log P(sentence) in nats: the sum of the characters' surprisals
-    chars: int  # characters scored
-    unknown: int = 0  # characters dropped because the model has never seen them
+class SentenceScore(Score):
+    """A sentence's score: ``nats`` = −log P(sentence), the sum of its characters' surprisals."""
+
+    text: str = ""  # the sentence as given
 
     @property
     def log_prob(self) -> float:
@@ -137,14 +136,6 @@ class SentenceScore:
     def log10_prob(self) -> float:
         """log₁₀ P(sentence): P = 10 ** log10_prob."""
         return -self.nats / math.log(10)
-
-    @property
-    def nats_per_char(self) -> float:
-        return self.nats / self.chars if self.chars else float("nan")
-
-    @property
-    def bits_per_char(self) -> float:
-        return self.nats_per_char / math.log(2)
 
 
 def score_sentences(
@@ -214,7 +205,8 @@ def score_sentences(
             total += (chunk * keep[s:e]).sum(axis=0)
         nats[group] = total
     return [
-        SentenceScore(text, float(nats[i]), max(0, int(lengths[i]) - 1), dropped[i]) for i, text in enumerate(sentences)
+        SentenceScore(float(nats[i]), max(0, int(lengths[i]) - 1), dropped[i], text=text)
+        for i, text in enumerate(sentences)
     ]
 
 
