@@ -418,3 +418,17 @@ def test_seed_is_reproducible_byte_for_byte_across_processes(tiny_checkpoint, tm
     assert a.returncode == 0, a.stderr
     assert a.stdout == b.stdout and a.stdout != c.stdout
     assert a.stderr == b""
+
+
+def test_warm_up_is_the_same_for_every_seed_and_continues_the_text(small_model):
+    model, vocab = small_model
+    a, b = Sampler(model, vocab, seed=1), Sampler(model, vocab, seed=2)
+    assert a.warm_up() == b.warm_up()
+    assert all(
+        np.array_equal(p, q) for la, lb in zip(a.state, b.state, strict=True) for p, q in zip(la, lb, strict=True)
+    )
+    assert any(p.any() for layer in a.state for p in layer)  # no longer the zero state
+    # Two calls to generate make one text: the second continues from the last character of the first.
+    whole = text(Sampler(model, vocab, seed=9), 120, temperature=0.0)
+    parts = Sampler(model, vocab, seed=9)
+    assert text(parts, 50, temperature=0.0) + text(parts, 70, temperature=0.0) == whole

@@ -1,0 +1,88 @@
+"""The pretrained models that ship inside the package (charlm/models), made by
+`make models`: found by name, small, trained on their corpus, and usable from
+the CLI with no training."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+from typer.testing import CliRunner
+
+from charlm.checkpoint import load
+from charlm.cli import app
+from charlm.corpora import SHIPPED_MODELS, corpus_dir, shipped_model
+from charlm.evaluate import score_ids
+from charlm.sample import Sampler
+from tests.test_cli import console_script
+
+runner = CliRunner()
+MAX_BYTES = 8 * 2**20  # small enough to ship in the wheel
+
+
+@pytest.mark.parametrize("name", SHIPPED_MODELS)
+def test_shipped_model_is_small_float16_and_trained_on_its_corpus(name):
+    path = shipped_model(name)
+    assert path is not None, f"charlm/models/{name}.safetensors is missing: run 'make models'"
+    assert path.stat().st_size <= MAX_BYTES
+    with safe_open(str(path), "np") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
+        assert not any(k.startswith(("optimizer.", "state.")) for k in f.keys())  # exported: weights only
+    ck = load(path)
+    text = (corpus_dir() / f"{name}.txt").read_text(encoding="utf-8")
+    assert ck.corpus["sha256"] and ck.corpus["chars"] == len(text)
+    assert set(ck.vocab.chars) == set(text)  # the vocabulary is the whole corpus's
+    assert math.isfinite(ck.train["best_val"]) and ck.train["val_curve"]
+    # It predicts its own held-out tail far better than chance (ln V ≈ 4.2–4.9 nats/char).
+    tail = text[len(text) - int(round(len(text) * 0.1)) :][:20_000]
+    score = score_ids(ck.build_model(), ck.vocab.encode(tail).ids)
+    assert score.nats_per_char < 1.8
+    assert abs(score.nats_per_char - ck.train["best_val"]) < 0.25  # a slice, not the whole tail
+
+
+def test_sample_from_a_shipped_model_by_name():
+    r = runner.invoke(app, ["sample", "-m", "shakespeare", "--length", "50", "--seed", "1"])
+    assert r.exit_code == 0, r.output
+    assert len(r.stdout) == 50
+    again = runner.invoke(app, ["sample", "-m", "shakespeare", "--length", "50", "--seed", "1"])
+    assert again.stdout == r.stdout
+
+
+def test_installed_script_scores_with_the_news_model(tmp_path):
+    text = (corpus_dir() / "news.txt").read_text(encoding="utf-8")[-5_000:]
+    (tmp_path / "tail.txt").write_text(text, encoding="utf-8")
+    r = subprocess.run(
+        [console_script(), "perplexity", "-m", "news", "tail.txt"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    values = dict(line.split(None, 1) for line in r.stdout.splitlines() if line.strip())
+    assert float(values["nats/char"]) < 2.0
+
+
+def test_info_shows_a_shipped_model():
+    r = runner.invoke(app, ["info", str(shipped_model("news"))])
+    assert r.exit_code == 0, r.output
+    assert "2×512 LSTM" in r.stdout and "validation curve" in r.stdout
+
+
+@pytest.mark.parametrize("name", SHIPPED_MODELS)
+def test_an_unprompted_sample_starts_from_a_warmed_up_state(name):
+    """From a zero state the model predicts little better than chance; after the
+    sampler's warm-up on its own unprinted text it is far surer, at a line start."""
+    ck = load(shipped_model(name))
+    vocab = ck.vocab
+
+    def entropy_after(sampler: Sampler, x: int) -> float:
+        logits = sampler.dec_w @ sampler._step(x) + sampler.dec_b
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        return float(-(p * np.log(p)).sum())
+
+    cold = entropy_after(Sampler(ck.build_model(), vocab), vocab.index("\n"))
+    sampler = Sampler(ck.build_model(), vocab, seed=7)
+    first = sampler.warm_up()
+    assert vocab.chars[first] == "\n"
+    assert entropy_after(sampler, first) < cold - 0.5
