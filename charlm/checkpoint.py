@@ -158,7 +158,15 @@ def save(
 # --------------------------------------------------------------------------- #
 
 
-def _refuse_foreign(path: Path, head: bytes) -> None:
+def _refuse_foreign(path: Path, head: bytes, size: int) -> None:
+    """Name the format of a file that is not safetensors. A safetensors file opens with
+    its header length n (8 bytes, little-endian) and a JSON header that begins with
+    "{", so a file with a plausible n followed by "{" is never taken for a pickle,
+    whatever n's bytes look like (n = 128 + 256k starts with pickle's 0x80)."""
+    if len(head) >= 9 and head[8:9] == b"{":
+        (n,) = struct.unpack("<Q", head[:8])
+        if 0 < n <= MAX_HEADER and 8 + n <= size:
+            return
     if head[:1] == b"\x80" or head[:2] in (b"(d", b"(l", b"}q", b"]q"):
         raise CheckpointError(
             f"{path}: this is a Python pickle, not a charlm checkpoint; charlm never unpickles "
@@ -196,12 +204,13 @@ def read_header(path: Path) -> tuple[dict, dict]:
         if path.is_dir():
             raise CheckpointError(f"{path}: is a directory; give a .safetensors file (or a run folder where accepted).")
         with open(path, "rb") as f:
-            head = f.read(8)
-            _refuse_foreign(path, head)
+            head = f.read(9)
+            size = os.fstat(f.fileno()).st_size
+            _refuse_foreign(path, head, size)
             if len(head) < 8:
                 raise CheckpointError(f"{path}: too short to be a checkpoint (truncated or empty file).")
-            (n,) = struct.unpack("<Q", head)
-            size = os.fstat(f.fileno()).st_size
+            (n,) = struct.unpack("<Q", head[:8])
+            f.seek(8)
             if n == 0 or n > MAX_HEADER or 8 + n > size:
                 raise CheckpointError(f"{path}: not a safetensors file, or truncated (bad header length).")
             raw = f.read(n)

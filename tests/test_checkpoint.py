@@ -105,6 +105,24 @@ def test_pickle_is_refused_without_unpickling(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("prefix", [b"\x80", b"(d", b"(l", b"}q", b"]q"])
+def test_a_header_length_that_starts_like_a_pickle_still_loads(tmp_path, prefix):
+    """The header length is the file's first 8 bytes: a length of 128 + 256k, or one
+    whose low bytes read "(d", opens like a pickle. It is still a safetensors file."""
+    path, model, vocab = make(tmp_path)
+    blob = path.read_bytes()
+    (n,) = struct.unpack("<Q", blob[:8])
+    step = 256 ** len(prefix)
+    target = int.from_bytes(prefix, "little")
+    length = n + (target - n) % step  # the next length ≥ n whose first bytes are the prefix
+    header = blob[8 : 8 + n] + b" " * (length - n)  # safetensors pads its header with spaces
+    path.write_bytes(struct.pack("<Q", length) + header + blob[8 + n :])
+    assert path.read_bytes().startswith(prefix)
+    ck = load(path)
+    assert ck.vocab == vocab
+    assert all(np.array_equal(ck.params[k], p) for k, p in model.params.items())
+
+
 @pytest.mark.parametrize(
     "mutate,match",
     [
