@@ -158,15 +158,8 @@ def save(
 # --------------------------------------------------------------------------- #
 
 
-def _refuse_foreign(path: Path, head: bytes, size: int) -> None:
-    """Name the format of a file that is not safetensors. A safetensors file opens with
-    its header length n (8 bytes, little-endian) and a JSON header that begins with
-    "{", so a file with a plausible n followed by "{" is never taken for a pickle,
-    whatever n's bytes look like (n = 128 + 256k starts with pickle's 0x80)."""
-    if len(head) >= 9 and head[8:9] == b"{":
-        (n,) = struct.unpack("<Q", head[:8])
-        if 0 < n <= MAX_HEADER and 8 + n <= size:
-            return
+def _refuse_foreign(path: Path, head: bytes) -> None:
+    """Name the format of a file that does not open like safetensors."""
     if head[:1] == b"\x80" or head[:2] in (b"(d", b"(l", b"}q", b"]q"):
         raise CheckpointError(
             f"{path}: this is a Python pickle, not a charlm checkpoint; charlm never unpickles "
@@ -206,12 +199,17 @@ def read_header(path: Path) -> tuple[dict, dict]:
         with open(path, "rb") as f:
             head = f.read(9)
             size = os.fstat(f.fileno()).st_size
-            _refuse_foreign(path, head, size)
+            (n,) = struct.unpack("<Q", head[:8]) if len(head) >= 8 else (0,)
+            fits = 0 < n <= MAX_HEADER and 8 + n <= size
+            # safetensors: the header length n (8 bytes, little-endian), then a JSON header
+            # that begins with "{". Only a file that does not open so is checked for other
+            # formats: some lengths look like a pickle's first bytes (n = 128 + 256k: 0x80).
+            if not (fits and head[8:9] == b"{"):
+                _refuse_foreign(path, head)
             if len(head) < 8:
                 raise CheckpointError(f"{path}: too short to be a checkpoint (truncated or empty file).")
-            (n,) = struct.unpack("<Q", head[:8])
             f.seek(8)
-            if n == 0 or n > MAX_HEADER or 8 + n > size:
+            if not fits:
                 raise CheckpointError(f"{path}: not a safetensors file, or truncated (bad header length).")
             raw = f.read(n)
     except OSError as e:

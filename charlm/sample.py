@@ -180,16 +180,19 @@ class Sampler:
         """
         newline = self.vocab.index("\n")
         x = newline if newline is not None else int(np.argmax(self.dec_b))
-        logits = self.logits
-        choose = Decoder(len(self.vocab), 1.0, None, None, logits.dtype).choose
+        choose = Decoder(len(self.vocab), 1.0, None, None, self.logits.dtype).choose
         for n, u in enumerate(np.random.default_rng(WARMUP_SEED).random(2 * WARMUP_CHARS).tolist()):
-            a = self._step(x)
-            np.matmul(self.dec_w, a, out=logits)
-            logits += self.dec_b
-            x = choose(logits, u)
+            x = choose(self._logits(x), u)
             if n + 1 >= WARMUP_CHARS and (newline is None or x == newline):
                 break
         return x
+
+    def _logits(self, x: int) -> np.ndarray:
+        """Feed id x; the logits u<t> (V,) of the next character, in the shared buffer."""
+        logits = self.logits
+        np.matmul(self.dec_w, self._step(x), out=logits)
+        logits += self.dec_b
+        return logits
 
     def reset(self) -> None:
         """Back to the start: a<0> = c<0> = 0 in every layer, no prompt fed."""
@@ -220,16 +223,12 @@ class Sampler:
         if x is None:
             x = self.warm_up()
         chars = self.vocab.chars
-        logits = self.logits
-        choose = Decoder(len(chars), temperature, top_k, top_p, logits.dtype).choose
+        choose = Decoder(len(chars), temperature, top_k, top_p, self.logits.dtype).choose
         uniforms = self.rng.random(length).tolist()
         n_stop = len(stop) if stop else 0
         tail = ""
         for n in range(length):
-            a = self._step(x)
-            np.matmul(self.dec_w, a, out=logits)
-            logits += self.dec_b
-            x = choose(logits, uniforms[n])
+            x = choose(self._logits(x), uniforms[n])
             self._last = x  # a later call continues the text from here
             ch = chars[x]
             yield ch
