@@ -96,7 +96,8 @@ class Net:
 
 
 def build(cls: type[Recurrent], H: int, seed: int, busy: bool) -> Net:
-    """charlm's initialisation: U(−1/√H, 1/√H) weights, zero biases, LSTM forget-gate bias 1."""
+    """charlm's initialisation with `--forget-bias 1`: U(−1/√H, 1/√H) weights, zero biases,
+    LSTM forget-gate bias 1 (keeps c<t> from the start; what lets the LSTM bridge k = 20 here)."""
     G = cls.gates * H
     shapes = {"w_ih": (G, V), "w_hh": (G, H), "b_ih": (G,), "b_hh": (G,), "w_out": (2, H), "b_out": (2,)}
     if busy:

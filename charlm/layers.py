@@ -650,18 +650,23 @@ class Bidirectional:
 
 
 def new_layer(
-    cls: type[Recurrent], input_size: int, hidden_size: int, rng: np.random.Generator, dtype=np.float32
+    cls: type[Recurrent],
+    input_size: int,
+    hidden_size: int,
+    rng: np.random.Generator,
+    dtype=np.float32,
+    forget_bias: float = 0.0,
 ) -> Recurrent:
     """A stand-alone recurrent layer that owns its parameters and zeroed gradients,
-    initialised like ``CharModel``: weights U(−1/√H, 1/√H), biases 0, and the
-    LSTM forget-gate bias 1."""
+    initialised like ``CharModel``: weights U(−1/√H, 1/√H), biases 0 except the
+    LSTM forget-gate bias b_f = ``forget_bias``."""
     G, H = cls.gates * hidden_size, hidden_size
     k = 1.0 / np.sqrt(H)
     w_ih = rng.uniform(-k, k, (G, input_size)).astype(dtype)
     w_hh = rng.uniform(-k, k, (G, H)).astype(dtype)
     b_ih, b_hh = np.zeros(G, dtype), np.zeros(G, dtype)
     if cls is LSTM:
-        b_ih[H : 2 * H] = 1.0
+        b_ih[H : 2 * H] = forget_bias
     grads = [np.zeros_like(p) for p in (w_ih, w_hh, b_ih, b_hh)]
     return cls(input_size, hidden_size, w_ih, w_hh, b_ih, b_hh, *grads)
 

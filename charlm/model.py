@@ -42,13 +42,15 @@ class ModelConfig:
     hidden: int = 256  # H: hidden units per recurrent layer
     layers: int = 2  # N: stacked recurrent layers
     dropout: float = 0.0  # inverted-dropout probability between layers and before the decoder
+    forget_bias: float = 0.0  # initial LSTM forget-gate bias b_f (init only; ignored by GRU/RNN)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
-        return cls(**d)
+        # checkpoints written before forget_bias was a setting were initialised with 1
+        return cls(**{"forget_bias": 1.0, **d})
 
 
 State = list[tuple[np.ndarray, ...]]  # one tuple of (B, H) arrays per layer
@@ -116,7 +118,9 @@ class CharModel:
 
     def init_weights(self, rng: np.random.Generator) -> None:
         """PyTorch's scheme: U(−1/√H, 1/√H) for recurrent and decoder weights,
-        N(0, 1) for the embedding; biases zero except the LSTM forget gate (1)."""
+        N(0, 1) for the embedding; biases zero except the LSTM forget gate, whose
+        b_f starts at ``config.forget_bias`` (0 by default, as in PyTorch; 1 makes
+        Γf ≈ 0.73 at the start, so c<t> is kept longer — see the README)."""
         H = self.config.hidden
         k = 1.0 / np.sqrt(H)
         for name, p in self.params.items():
@@ -128,7 +132,7 @@ class CharModel:
                 p[...] = rng.uniform(-k, k, p.shape)
         if self.config.cell == "lstm":
             for layer in range(self.config.layers):
-                self.params[f"rnn.bias_ih_l{layer}"][H : 2 * H] = 1.0
+                self.params[f"rnn.bias_ih_l{layer}"][H : 2 * H] = self.config.forget_bias
 
     def load_params(self, tensors: dict[str, np.ndarray]) -> None:
         for name, p in self.params.items():

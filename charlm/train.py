@@ -423,8 +423,10 @@ class Trainer:
             raise CharlmError(f"cannot update {path} ({e.strerror or e}); the run is unchanged.") from None
 
 
-def new_model(vocab: Vocab, cell: str, embed: int, hidden: int, layers: int, dropout: float, seed: int) -> CharModel:
-    return CharModel(ModelConfig(len(vocab), cell, embed, hidden, layers, dropout), seed=seed)
+def new_model(
+    vocab: Vocab, cell: str, embed: int, hidden: int, layers: int, dropout: float, forget_bias: float, seed: int
+) -> CharModel:
+    return CharModel(ModelConfig(len(vocab), cell, embed, hidden, layers, dropout, forget_bias), seed=seed)
 
 
 def prepare_run(
@@ -437,6 +439,7 @@ def prepare_run(
     hidden: int = 256,
     embed: int = 64,
     dropout: float = 0.0,
+    forget_bias: float = 0.0,
     encoding: str = "utf-8",
     errors: str = "strict",
     callbacks: Callbacks | None = None,
@@ -465,7 +468,7 @@ def prepare_run(
         progress=progress,
         report=report,
     )
-    model = new_model(corpus.vocab, cell, embed, hidden, layers, dropout, config.seed)
+    model = new_model(corpus.vocab, cell, embed, hidden, layers, dropout, forget_bias, config.seed)
     return Trainer(model, corpus.vocab, corpus.train_ids, corpus.val_ids, config, run_dir, corpus.info(), callbacks)
 
 
@@ -475,6 +478,7 @@ FIXED_ON_RESUME = (
     "hidden",
     "embed",
     "dropout",
+    "forget_bias",
     "batch_size",
     "seq_len",
     "val_frac",
@@ -560,6 +564,7 @@ def resume_run(
         hidden=mc.hidden,
         embed=mc.embed,
         dropout=mc.dropout,
+        forget_bias=mc.forget_bias,
         encoding=options.get("encoding", corpus.get("encoding", "utf-8")),
         errors=options.get("errors", corpus.get("errors", "strict")),
         callbacks=callbacks,

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -190,3 +191,31 @@ def test_unknown_cell_is_one_clear_line(tmp_path, small_corpus):
     assert len(lines) == 1 and lines[0].startswith("error: ") and "'foo'" in lines[0]
     assert all(c in lines[0] for c in ("lstm", "gru", "rnn")) and "Traceback" not in r.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_forget_bias_is_recorded_and_fixed_on_resume(tmp_path, small_corpus):
+    """--forget-bias sets b_f of every LSTM layer at step 0, is stored in the
+    config, and a resume that names another value is refused without a change."""
+    from charlm.checkpoint import load, read_header
+    from charlm.model import ModelConfig
+
+    runs = tmp_path / "runs"
+    args = ["train", str(small_corpus), "--out", str(runs), *TINY, "--layers", "2", "--lr", "1e-9"]
+    r = runner.invoke(app, [*args, "--steps", "2", "--forget-bias", "2.5", "--name", "fb"])
+    assert r.exit_code == 0, r.output
+    last = runs / "fb" / "last.safetensors"
+    ckpt = load(last)
+    assert ckpt.config.forget_bias == 2.5
+    H = ckpt.config.hidden
+    for layer in (0, 1):  # lr 1e-9: the biases are still (almost exactly) their initial values
+        b = ckpt.params[f"rnn.bias_ih_l{layer}"]
+        assert np.allclose(b[H : 2 * H], 2.5, atol=1e-6) and np.allclose(b[:H], 0.0, atol=1e-6)
+    before = last.read_bytes()
+    again = runner.invoke(app, ["train", str(small_corpus), "--resume", str(runs / "fb"), "--forget-bias", "0"])
+    assert again.exit_code == 2 and "--forget-bias 0.0 differs from this run's 2.5" in again.output
+    assert last.read_bytes() == before
+    default = runner.invoke(app, [*args, "--steps", "1", "--name", "plain"])
+    assert default.exit_code == 0, default.output
+    assert json.loads(read_header(runs / "plain" / "last.safetensors")[1]["config"])["forget_bias"] == 0.0
+    # a checkpoint from before the setting existed was initialised with b_f = 1
+    assert ModelConfig.from_dict({"vocab_size": 5}).forget_bias == 1.0

@@ -279,6 +279,8 @@ def test_new_layer_is_initialised_like_the_model(cls):
     layer = new_layer(cls, 3, 16, np.random.default_rng(0))
     assert layer.w_ih.shape == (cls.gates * 16, 3) and layer.w_hh.dtype == np.float32
     assert np.abs(layer.w_hh).max() <= 0.25 and np.abs(layer.w_hh).max() > 0.2
-    forget = layer.b_ih[16:32] if cls is LSTM else layer.b_ih[:0]
-    assert np.all(forget == 1.0) and layer.b_ih.sum() == forget.sum() and not layer.b_hh.any()
+    assert not layer.b_ih.any() and not layer.b_hh.any()  # forget bias 0 by default, as in PyTorch
+    biased = new_layer(cls, 3, 16, np.random.default_rng(0), forget_bias=1.0)
+    forget = biased.b_ih[16:32] if cls is LSTM else biased.b_ih[:0]
+    assert np.all(forget == 1.0) and biased.b_ih.sum() == forget.sum() and not biased.b_hh.any()
     assert not any(g.any() for g in (layer.grad_w_ih, layer.grad_w_hh, layer.grad_b_ih, layer.grad_b_hh))

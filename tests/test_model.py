@@ -100,9 +100,12 @@ def test_parameters_are_named_like_pytorch():
     assert shapes["rnn.weight_hh_l0"] == (16, 4)
     assert shapes["rnn.bias_ih_l1"] == (16,)
     assert shapes["decoder.weight"] == (11, 4)
-    # the forget-gate block (second quarter) starts at 1
-    assert np.all(model.params["rnn.bias_ih_l0"][4:8] == 1.0)
-    assert np.all(model.params["rnn.bias_ih_l0"][:4] == 0.0)
+    # every bias starts at 0, the forget-gate block (second quarter) too unless asked
+    assert not model.params["rnn.bias_ih_l0"].any() and not model.params["rnn.bias_hh_l1"].any()
+    biased = CharModel(ModelConfig(vocab_size=11, embed=3, hidden=4, layers=2, forget_bias=1.0))
+    for layer in (0, 1):
+        assert np.all(biased.params[f"rnn.bias_ih_l{layer}"][4:8] == 1.0)
+        assert biased.params[f"rnn.bias_ih_l{layer}"].sum() == 4.0 and not biased.params[f"rnn.bias_hh_l{layer}"].any()
     # every view lives in the one flat buffer
     assert all(np.shares_memory(p, model.flat) for p in model.params.values())
 
@@ -121,7 +124,7 @@ def test_carried_state_equals_one_long_pass():
 
 @pytest.mark.parametrize("cell,gates", [("lstm", 4), ("gru", 3), ("rnn", 1)])
 def test_every_cell_has_pytorch_names_and_its_own_block_count(cell, gates):
-    model = CharModel(ModelConfig(vocab_size=11, cell=cell, embed=3, hidden=4, layers=2))
+    model = CharModel(ModelConfig(vocab_size=11, cell=cell, embed=3, hidden=4, layers=2, forget_bias=1.0))
     shapes = {n: p.shape for n, p in model.params.items()}
     assert shapes["rnn.weight_ih_l0"] == (gates * 4, 3)
     assert shapes["rnn.weight_ih_l1"] == (gates * 4, 4)
