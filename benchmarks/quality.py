@@ -18,7 +18,7 @@ charlm side: ``charlm train`` (the console script next to the interpreter), its 
 run's metrics.jsonl. PyTorch side: this process, with charlm's own data pipeline (charlm.data,
 charlm.vocab) and learning-rate function (charlm.optim.learning_rate), so the data, vocabulary, split and
 schedule are the same by construction; the model is torch_peer.build_model (PyTorch's default
-initialisation; charlm starts its forget-gate bias at 1). The "Quality at equal time" section of
+initialisation; charlm's default starts its forget-gate bias at 0 as well). The "Quality at equal time" section of
 benchmarks/RESULTS.md is written (other sections are kept) and the histories go to benchmarks/quality.json.
 
     python benchmarks/quality.py                  # 600 s per side, about 21 minutes in all

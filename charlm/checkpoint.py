@@ -149,7 +149,7 @@ def save(
         reason = e.strerror or str(e)
         raise CheckpointError(
             f"cannot write checkpoint {path}: {reason}. Any previous checkpoint there is unchanged; "
-            "free some space or choose another --out folder."
+            "check that the path names a file in a folder you can write to, and the free space."
         ) from None
 
 

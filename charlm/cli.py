@@ -95,7 +95,10 @@ def _checkpoint_path(checkpoint: Path | None, model: str | None = None, *, fallb
         err.print(f"no trained model under ./runs; using the shipped {fallback} model ({shipped})", markup=False)
         return shipped
     if found is None:
-        raise CharlmError("no trained model under ./runs. Train one first: charlm train shakespeare")
+        raise CharlmError(
+            "no trained model under ./runs. Use a shipped one (-m shakespeare or -m news), "
+            "or train one first: charlm train shakespeare"
+        )
     err.print(f"using {found}")
     return found
 
@@ -142,15 +145,13 @@ def train(
     hidden: Annotated[int, typer.Option(min=1, max=8192, help="Hidden units per layer (H).")] = 256,
     embed: Annotated[int, typer.Option(min=1, max=8192, help="Character embedding width (E).")] = 64,
     dropout: Annotated[
-        float, typer.Option(min=0.0, max=0.9, help="Dropout probability between layers and before the decoder, 0–0.9.")
+        float, typer.Option(help="Dropout probability between layers and before the decoder, 0–0.9.")
     ] = 0.0,
     forget_bias: Annotated[
         float,
         typer.Option(
-            min=-10.0,
-            max=10.0,
-            help="Initial LSTM forget-gate bias b_f. 0 (as PyTorch) learns text fastest; 1 keeps c<t> longer "
-            "from the start and helps dependencies 20+ characters apart.",
+            help="Initial LSTM forget-gate bias b_f, −10–10. 0 (PyTorch's biases are 0 on average) learns text "
+            "fastest; 1 keeps c<t> longer from the start and helps dependencies 20+ characters apart.",
         ),
     ] = 0.0,
     batch_size: Annotated[int, typer.Option(min=1, help="Parallel streams per batch (B).")] = 32,
@@ -158,14 +159,12 @@ def train(
         int, typer.Option(min=1, help="Characters of back-propagation through time per batch (T).")
     ] = 64,
     lr: Annotated[
-        float, typer.Option(min=0.0, help="Peak Adam learning rate; it warms up and decays to 10% by the end.")
+        float, typer.Option(help="Peak Adam learning rate, > 0; it warms up and decays to 10% by the end.")
     ] = 3e-3,
-    clip: Annotated[float, typer.Option(min=0.0, help="Maximum global gradient norm.")] = 5.0,
+    clip: Annotated[float, typer.Option(help="Maximum global gradient norm, > 0.")] = 5.0,
     val_frac: Annotated[
         float,
-        typer.Option(
-            min=0.0, max=0.5, help="Fraction of the text, from its end, held out for validation; in (0, 0.5]."
-        ),
+        typer.Option(help="Fraction of the text, from its end, held out for validation; in (0, 0.5]."),
     ] = 0.1,
     val_chars: Annotated[
         int,
@@ -180,13 +179,11 @@ def train(
     ] = 200,
     steps: Annotated[int | None, typer.Option(min=1, help="Stop after this many optimizer steps.")] = None,
     epochs: Annotated[
-        float | None, typer.Option(min=0.0, help="Stop after this many passes over the training text.")
+        float | None, typer.Option(help="Stop after this many passes over the training text (> 0; fractions allowed).")
     ] = None,
     minutes: Annotated[
         float | None,
-        typer.Option(
-            min=0.0, help=f"Stop after this many minutes. Default: {DEFAULT_MINUTES:g} when no budget is given."
-        ),
+        typer.Option(help=f"Stop after this many minutes, > 0. Default: {DEFAULT_MINUTES:g} when no budget is given."),
     ] = None,
     seed: Annotated[
         int, typer.Option(min=0, help="Random seed; with --steps or --epochs a run is exactly reproducible.")
@@ -238,9 +235,12 @@ def train(
     ):
         if value is not None and not (value > 0 and math.isfinite(value)):
             raise UsageError(f"{flag} must be a finite number greater than 0 (got {value:g}).")
-    for flag, value in (("--dropout", dropout), ("--forget-bias", forget_bias)):
-        if not math.isfinite(value):
-            raise UsageError(f"{flag} must be a finite number (got {value:g}).")
+    if not 0.0 <= dropout <= 0.9:
+        raise UsageError(f"--dropout must be between 0 and 0.9 (got {dropout:g}): the probability of zeroing a unit.")
+    if not -10.0 <= forget_bias <= 10.0:
+        raise UsageError(f"--forget-bias must be between -10 and 10 (got {forget_bias:g}).")
+    if forget_bias != 0.0 and cell in ("gru", "rnn"):
+        raise UsageError(f"--forget-bias is for the LSTM's forget gate; a {cell} cell has none. Drop the option.")
     path, stem = resolve(corpus)
     if resume is not None:
         trainer = _resume(ctx, resume, name, out_dir, path)
@@ -263,6 +263,8 @@ def train(
         seed=seed,
         threads=threads,
     )
+    if name is not None and (not name.strip() or name in (".", "..") or any(c in name for c in "/\\")):
+        raise UsageError(f"--name {name!r}: give a plain folder name (no '/'); the run goes to {out_dir}/NAME.")
     run_dir = out_dir / name if name else new_run_dir(out_dir, stem)
     if name and any((run_dir / f).exists() for f in ("best.safetensors", "last.safetensors")):
         raise UsageError(
@@ -308,6 +310,8 @@ def _resume(ctx: typer.Context, resume: str, name: str | None, out_dir: Path, pa
 
 def _report_training(summary, corpus: str) -> None:
     """The end-of-run summary on stdout; after a signal, the resume command on stderr and exit 128 + signal."""
+    from charlm.report import perplexity_text
+
     if summary.interrupted is not None:
         command = f"charlm train {shlex.quote(corpus)} --resume {shlex.quote(str(summary.run_dir))}"
         err.print(f"interrupted at step {summary.steps}; resume with: {command}", markup=False)
@@ -315,7 +319,7 @@ def _report_training(summary, corpus: str) -> None:
     best = summary.run_dir / "best.safetensors"
     out.print(
         f"best validation loss {summary.best_val:.4f} nats/char ({summary.best_val_bits:.4f} bits/char, "
-        f"perplexity {math.exp(min(summary.best_val, 700.0)):.3f}) at step {summary.best_step:,}"
+        f"perplexity {perplexity_text(summary.best_val)}) at step {summary.best_step:,}"
     )
     out.print(
         f"trained {summary.steps:,} steps ({summary.chars_seen / 1e6:.1f}M characters) in "
@@ -461,14 +465,18 @@ def sample(
     sampler = Sampler(ckpt.build_model(), vocab, seed=seed)
     stream = sys.stdout
     flush_each = stream.isatty()
+    tail = ""  # the last two characters written: samples are separated by exactly one blank line
     for k in range(num_samples):
         if num_samples > 1:
-            stream.write(f"{'' if k == 0 else chr(10) * 2}--- sample {k + 1} ---\n")
+            gap = "" if k == 0 else "\n" * (2 - len(tail) + len(tail.rstrip("\n")))
+            stream.write(f"{gap}--- sample {k + 1} ---\n")
         sampler.reset()
         sampler.feed(enc.ids)
         stream.write(prime)
+        tail = prime[-2:]
         for ch in sampler.generate(length, temperature, top_k=top_k, top_p=top_p, stop=stop):
             stream.write(ch)
+            tail = (tail + ch)[-2:]
             if flush_each:
                 stream.flush()
     if flush_each:
@@ -508,10 +516,16 @@ def _unescape(text: str) -> str:
 
 def _read_prime(path: Path) -> str:
     from charlm.data import read_text
+    from charlm.errors import CorpusError
 
+    if path.is_dir():
+        raise UsageError(f"--prime-file {path}: is a folder. Give the path of a text file.")
     if not path.is_file():
         raise UsageError(f"--prime-file {path}: no such file. Give the path of a text file.")
-    return read_text(path)
+    try:
+        return read_text(path)
+    except CorpusError as e:
+        raise UsageError(f"--prime-file {e}") from None
 
 
 def _listed(chars) -> str:
@@ -530,7 +544,9 @@ def _listed(chars) -> str:
 @app.command()
 @user_errors
 def perplexity(
-    file: Annotated[str, typer.Argument(help="Text file to score, or - for standard input.")],
+    file: Annotated[
+        str, typer.Argument(help="Text file to score, a shipped corpus name (its whole text), or - for standard input.")
+    ],
     checkpoint: CheckpointOption = None,
     model_name: ModelOption = None,
     encoding: Annotated[str, typer.Option(help="Text encoding of the file.")] = "utf-8",
@@ -555,15 +571,17 @@ def perplexity(
     stdout is not a terminal; the span list is printed either way.
     """
     from charlm.checkpoint import load
+    from charlm.corpora import resolve
     from charlm.data import encode_stream, iter_text
     from charlm.evaluate import score_ids, surprising_spans, text_surprisal
+    from charlm.report import perplexity_text
 
     if spans < 0:
         raise UsageError(f"--spans must be 0 or more (got {spans}).")
     if span_width < 1:
         raise UsageError(f"--span-width must be at least 1 (got {span_width}).")
     ckpt = load(_checkpoint_path(checkpoint, model_name))
-    source, label = (sys.stdin.buffer, "standard input") if file == "-" else (Path(file), file)
+    source, label = (sys.stdin.buffer, "standard input") if file == "-" else (resolve(file)[0], file)
     if show:  # the heat map needs the text itself
         text = "".join(iter_text(source, label, encoding, errors))
         enc = ckpt.vocab.encode(text, unknown="skip")
@@ -580,13 +598,14 @@ def perplexity(
         else:  # a file or a pipe gets the text exactly
             out.file.write(text if text.endswith("\n") else text + "\n")
         out.print(legend())
-        out.print(span_lines(text, surprising_spans(nats, span_width, spans), span_width))
+        if spans:
+            out.print(span_lines(text, surprising_spans(nats, span_width, spans), span_width))
         out.print()
     else:
         score = score_ids(ckpt.build_model(), enc.ids, unknown=enc.unknown_count)
     out.print(f"nats/char   {score.nats_per_char:.4f}")
     out.print(f"bits/char   {score.bits_per_char:.4f}")
-    out.print(f"perplexity  {score.perplexity:.4f}")
+    out.print(f"perplexity  {perplexity_text(score.nats_per_char, 4)}")
     out.print(f"scored      {score.chars:,} characters")
     out.print(f"unknown     {score.unknown:,} characters skipped (not in the model's vocabulary)")
 
@@ -645,7 +664,8 @@ def score(
             raise UsageError(f"sentence {i} is empty. Give at least one character, or leave it out.")
     if file is not None:
         if file != "-" and not Path(file).is_file():
-            raise UsageError(f"--file {file}: no such file. Give a text file with one sentence per line.")
+            what = "is a folder" if Path(file).is_dir() else "no such file"
+            raise UsageError(f"--file {file}: {what}. Give a text file with one sentence per line.")
         text = decode_bytes(sys.stdin.buffer.read(), "standard input") if file == "-" else read_text(Path(file))
         texts += [line.removesuffix("\r") for line in text.split("\n") if line.strip()]
     if not texts:
@@ -706,14 +726,19 @@ def corpora() -> None:
 @user_errors
 def info(
     target: Annotated[
-        Path, typer.Argument(help="A checkpoint file or a run folder (its best checkpoint).", show_default=False)
+        str,
+        typer.Argument(
+            help="A checkpoint file, a run folder (its best checkpoint) or a shipped model name (shakespeare, news).",
+            show_default=False,
+        ),
     ],
 ) -> None:
     """Show a checkpoint's model, training and validation-loss curve (reads the header only)."""
+    from charlm.corpora import resolve_model
     from charlm.report import info_table
     from charlm.runinfo import describe
 
-    out.print(info_table(describe(target)))
+    out.print(info_table(describe(resolve_model(target))))
 
 
 @app.command()

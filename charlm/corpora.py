@@ -64,8 +64,13 @@ def resolve_model(name_or_path: str) -> Path:
     """``--model``: a shipped model name or a checkpoint path → the checkpoint path.
     A file that exists wins over a shipped name of the same spelling."""
     p = Path(name_or_path)
-    if p.exists() or name_or_path not in SHIPPED_MODELS:
+    if p.exists():
         return p
+    if name_or_path not in SHIPPED_MODELS:
+        raise CharlmError(
+            f"{name_or_path}: no such checkpoint, run folder or shipped model. The shipped models are "
+            f"{' and '.join(SHIPPED_MODELS)}; or train one with 'charlm train FILE'."
+        )
     found = shipped_model(name_or_path)
     if found is None:
         raise CharlmError(

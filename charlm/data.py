@@ -46,6 +46,7 @@ CHUNK_BYTES = 8 * 2**20  # bytes read, checked and decoded at a time
 BLOCK_CHARS = 2**20  # characters converted to code points / ids at a time (bounds the temporaries)
 MEMMAP_MIN_CHARS = 16 * 2**20  # corpora this long are encoded to a cached np.memmap, not to memory
 CACHE_ENV = "CHARLM_CACHE"  # environment variable naming the cache folder
+MIN_VAL_CHARS = 2  # held-out characters: the first is context, the rest are predicted
 CODE_POINTS = 0x110000  # size of the Unicode code space
 ERRORS = ("strict", "replace")  # accepted --errors policies
 RELEASE_EVERY = 256  # batches between releasing the read pages of a memmapped corpus
@@ -58,7 +59,14 @@ BINARY_MAGIC = {
     b"PK\x03\x04": "a zip archive",
     b"\x1f\x8b": "a gzip archive",
     b"\x7fELF": "an executable",
+    b"\x93NUMPY": "a NumPy array file",
 }
+
+
+def _looks_like_safetensors(head: bytes) -> bool:
+    """An 8-byte little-endian header length n, then "{": a safetensors file (a
+    charlm checkpoint, say). Eight bytes of text read as n are ≥ 2⁶¹, never small."""
+    return len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 2**32
 
 
 def check_decoding(encoding: str, errors: str) -> codecs.CodecInfo:
@@ -142,6 +150,11 @@ def iter_text(
                 for magic, kind in BINARY_MAGIC.items():
                     if raw.startswith(magic):
                         raise CorpusError(f"{label}: looks like {kind}, not text. Give a plain text file.")
+                if _looks_like_safetensors(raw):
+                    raise CorpusError(
+                        f"{label}: looks like a safetensors model file (a checkpoint), not text. Give the "
+                        "text file to learn from; checkpoints go to --checkpoint/-c or --resume."
+                    )
             nul = raw.find(b"\x00") if refuse_nul else -1
             if digest is not None:
                 digest.update(raw)
@@ -155,10 +168,15 @@ def iter_text(
                     f"{label}: not valid {encoding} at byte offset {at} (byte 0x{e.object[e.start]:02x}). "
                     "Convert it to UTF-8, or pass --encoding NAME or --errors replace."
                 ) from None
+            except UnicodeError as e:  # a codec's own refusal, e.g. UTF-16 without a byte-order mark
+                raise CorpusError(
+                    f"{label}: cannot be read as {encoding} ({e}). Pass another --encoding "
+                    "(UTF-16 without a byte-order mark: utf-16-le or utf-16-be)."
+                ) from None
             if nul >= 0:
                 raise CorpusError(
                     f"{label}: contains a NUL byte at byte offset {offset + nul}, so it is binary "
-                    "data, not text. Give a plain text file (or --encoding utf-16 if it is UTF-16 text)."
+                    "data, not text. Give a plain text file (or --encoding utf-16, utf-16-le or utf-16-be if it is UTF-16 text)."
                 )
             offset += len(raw)
             if bar is not None:
@@ -472,6 +490,12 @@ def load_corpus(
             f"{scan.label}: {scan.n_chars:,} characters, too short for one training batch: --batch-size "
             f"{batch_size} × --seq-len {seq_len} needs at least {minimum:,} characters with --val-frac "
             f"{val_frac:g}. Use a longer text or smaller --batch-size/--seq-len."
+        )
+    if n_val < MIN_VAL_CHARS:
+        raise CorpusError(
+            f"{scan.label}: --val-frac {val_frac:g} holds out {n_val} of its {scan.n_chars:,} characters; "
+            f"validation needs at least {MIN_VAL_CHARS}. Raise --val-frac to "
+            f"{min(0.5, (MIN_VAL_CHARS + 0.5) / scan.n_chars):.2g} or more, or use a longer text."
         )
     ids, cache = encode_corpus(scan, progress=progress, report=report)
     return Corpus(scan, ids, n_val, cache)

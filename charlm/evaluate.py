@@ -180,6 +180,13 @@ def score_sentences(
             f"{sum(missing.values())} character(s) not in the model's vocabulary: {listed}{more} "
             f"(sentence {which}). Remove them, or use --unknown skip to drop them."
         )
+    empty = [i + 1 for i, ids in enumerate(encoded) if len(ids) < 2]
+    if empty:
+        which = ", ".join(map(str, empty[:10])) + (", …" if len(empty) > 10 else "")
+        raise CharlmError(
+            f"sentence {which}: no character the model knows is left to score once the unknown ones are "
+            "dropped. Leave that sentence out, or score it with a model trained on such text."
+        )
     nats = np.zeros(len(sentences))
     lengths = np.array([len(ids) for ids in encoded], dtype=np.int64)
     order = np.argsort(lengths, kind="stable")

@@ -18,6 +18,7 @@ number of workers (each block's arithmetic and the order of the sum are fixed).
 
 from __future__ import annotations
 
+import contextvars
 import ctypes
 import glob
 import os
@@ -87,10 +88,15 @@ class DataParallel:
             for fn in fns:
                 fn()
             return
-        futures = [self._pool.submit(fn) for fn in fns[1:]]
+        futures = [self._submit(fn) for fn in fns[1:]]
         fns[0]()
         for f in futures:
             f.result()
+
+    def _submit(self, fn, *args):
+        """Run fn(*args) on a worker in a copy of this thread's context, so that the
+        caller's ``np.errstate`` (a context variable) holds there too."""
+        return self._pool.submit(contextvars.copy_context().run, fn, *args)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -125,7 +131,7 @@ class DataParallel:
 
         if len(blocks) == 1 or self._pool is None:
             return self.model.loss_and_grads(ids, targets, state, rng=rng, dropout_masks=masks)
-        futures = [self._pool.submit(run, k) for k in range(1, len(blocks))]
+        futures = [self._submit(run, k) for k in range(1, len(blocks))]
         results = [run(0)] + [f.result() for f in futures]
         # ∇L = Σ_k (B_k / B) ∇L_k, accumulated into the main model's gradient.
         grad = self.model.grad_flat

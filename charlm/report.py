@@ -27,6 +27,15 @@ UNSCORED_STYLE = "dim"
 SUPERSCRIPT = str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")
 
 
+def perplexity_text(nats_per_char: float, decimals: int = 3) -> str:
+    """exp(nats/char) with ``decimals`` places, in scientific notation once it
+    passes a million (an untrained or diverged model), "inf" past the float range."""
+    if not nats_per_char < 709.0:
+        return "inf"
+    value = math.exp(nats_per_char)
+    return f"{value:.{decimals}f}" if value < 1e6 else f"{value:.{decimals}e}"
+
+
 def power_of_ten(log10_p: float) -> str:
     """10 ** log10_p written as the seeds do: 3.2 × 10⁻¹³."""
     if not math.isfinite(log10_p):
@@ -185,6 +194,8 @@ def info_table(info) -> Table:
         f"{cfg.get('layers')}×{cfg.get('hidden')} {str(cfg.get('cell', '?')).upper()}, embedding {cfg.get('embed')}, "
         f"dropout {cfg.get('dropout', 0)}"
     )
+    if cfg.get("cell", "lstm") == "lstm":  # written before the setting existed: initialised with 1
+        model += f", initial forget-gate bias {cfg.get('forget_bias', 1.0):g}"
     table.add_row("model", model)
     table.add_row("parameters", f"{info.params:,}")
     table.add_row("vocabulary", f"{info.vocab_size} characters")
@@ -204,7 +215,7 @@ def info_table(info) -> Table:
     if math.isfinite(best):
         table.add_row(
             "best validation",
-            f"{best:.4f} nats/char, {best / math.log(2):.4f} bits/char, perplexity {math.exp(min(best, 700)):.3f} "
+            f"{best:.4f} nats/char, {best / math.log(2):.4f} bits/char, perplexity {perplexity_text(best)} "
             f"(step {tr.get('best_step', 0):,})",
         )
     if info.val_curve:

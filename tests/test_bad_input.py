@@ -160,6 +160,14 @@ CASES = [
         {"small.txt": SMALL_TEXT[:2276]},
     ),
     Case("corpus-png", ["train", "img.txt", *TINY], 1, r"looks like a PNG image", {"img.txt": PNG}),
+    Case(
+        "corpus-is-a-checkpoint",
+        ["train", "good.safetensors", *TINY],
+        1,
+        r"good\.safetensors: looks like a safetensors model file \(a checkpoint\), not text",
+        GOOD,
+    ),
+    Case("corpus-npy", ["train", "a.npy", *TINY], 1, r"looks like a NumPy array", {"a.npy": b"\x93NUMPY" + bytes(200)}),
     Case("corpus-pdf", ["train", "doc.txt", *TINY], 1, r"looks like a PDF", {"doc.txt": b"%PDF-1.4\n" + b"x" * 500}),
     Case("corpus-gzip", ["train", "a.txt.gz", *TINY], 1, r"gzip", {"a.txt.gz": b"\x1f\x8b\x08\x00" + bytes(100)}),
     Case(
@@ -242,11 +250,39 @@ CASES = [
             ("--dropout", "nan"),
             ("--forget-bias", "nan"),
             ("--forget-bias", "11"),
+            ("--dropout", "-0.1"),
+            ("--epochs", "-2"),
+            ("--minutes", "nan"),
             ("--val-frac", "0"),
             ("--val-frac", "0.6"),
             ("--val-frac", "-0.1"),
             ("--val-frac", "nan"),
         ]
+    ],
+    Case(
+        "option-forget-bias-gru",
+        ["train", "small.txt", *TINY, "--cell", "gru", "--forget-bias", "1"],
+        2,
+        r"--forget-bias is for the LSTM's forget gate; a gru cell has none",
+        SMALL,
+    ),
+    Case(
+        "option-val-frac-holds-out-nothing",
+        ["train", "small.txt", *TINY, "--val-frac", "0.0001"],
+        1,
+        r"--val-frac 0.0001 holds out 0 of its [\d,]+ characters; validation needs at least 2",
+        SMALL,
+    ),
+    Case(
+        "corpus-utf16-without-bom",
+        ["train", "u.txt", *TINY, "--encoding", "utf-16"],
+        1,
+        r"u\.txt: cannot be read as utf-16 \(UTF-16 stream does not start with BOM\).*utf-16-le",
+        {"u.txt": SMALL_TEXT.encode("utf-16-le")},
+    ),
+    *[
+        Case(f"option-name-{i}", ["train", "small.txt", *TINY, "--name", bad], 2, r"give a plain folder name", SMALL)
+        for i, bad in enumerate(["a/b", "../escape", "..", " "])
     ],
     Case("option-cell-unknown", ["train", "small.txt", *TINY, "--cell", "transformer"], 2, r"unknown cell", SMALL),
     Case("option-unknown", ["train", "small.txt", "--hiden", "5"], 2, r"No such option: --hiden", SMALL),

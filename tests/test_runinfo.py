@@ -54,6 +54,19 @@ def test_info_reports_training_and_curve(trained_run):
     assert r.exit_code == 0, r.output
     for word in ("1×16 LSTM", "parameters", "6 steps", "nats/char", "validation curve", "small.txt"):
         assert word in r.stdout, word
+    assert "initial forget-gate bias 0" in r.stdout
+
+
+def test_info_and_perplexity_take_shipped_names_and_explain_a_typo(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(app, ["info", "news"])
+    assert r.exit_code == 0, r.output
+    assert "2×512 LSTM" in r.stdout and "initial forget-gate bias 1" in r.stdout  # trained before the setting
+    typo = runner.invoke(app, ["sample", "-m", "shakspeare", "-n", "5"])
+    assert typo.exit_code == 1 and "shakspeare: no such checkpoint, run folder or shipped model" in typo.stderr
+    assert "shakespeare and news" in typo.stderr
+    none = runner.invoke(app, ["perplexity", "shakespeare"])  # a shipped corpus name, but no model under ./runs
+    assert none.exit_code == 1 and "-m shakespeare" in none.stderr
 
 
 def test_runs_lists_newest_first(trained_run, small_corpus):

@@ -337,15 +337,24 @@ def test_prime_file(tiny_checkpoint, tmp_path):
 def test_num_samples_are_separated_and_each_restarts_from_the_prime(tiny_checkpoint):
     r = sample_cli(tiny_checkpoint, "--prime", "All:", "-n", "30", "--num-samples", "3", "--seed", "8")
     assert r.exit_code == 0, r.output
-    parts = re.split(r"(?:\n\n)?--- sample \d+ ---\n", r.stdout)
+    parts = re.split(r"--- sample \d+ ---\n", r.stdout)
     assert parts[0] == "" and len(parts) == 4
-    samples = parts[1:]
-    assert all(s.startswith("All:") and len(s) == 34 for s in samples)
+    samples = [part.rstrip("\n") for part in parts[1:]]
+    assert all(s.startswith("All:") and len(s) <= 34 for s in samples) and len(parts[3]) == 34
+    assert all(part.endswith("\n\n") and not part.endswith("\n\n\n") for part in parts[1:3])  # one blank line
     assert len(set(samples)) == 3  # independent draws
     assert re.findall(r"--- sample (\d+) ---", r.stdout) == ["1", "2", "3"]
     greedy = sample_cli(tiny_checkpoint, "--prime", "All:", "-n", "30", "--num-samples", "2", "-t", "0")
-    g = re.split(r"(?:\n\n)?--- sample \d+ ---\n", greedy.stdout)[1:]
-    assert g[0] == g[1]  # the state really restarts from the prime
+    g = re.split(r"--- sample \d+ ---\n", greedy.stdout)[1:]
+    assert g[0].rstrip("\n") == g[1].rstrip("\n")  # the state really restarts from the prime
+
+
+def test_samples_that_end_a_line_are_still_one_blank_line_apart(tiny_checkpoint):
+    for stop in ("\\n", "\\n\\n"):
+        r = sample_cli(tiny_checkpoint, "-n", "400", "--num-samples", "3", "--seed", "2", "--stop", stop)
+        assert r.exit_code == 0, r.output
+        parts = re.split(r"--- sample \d+ ---\n", r.stdout)[1:]
+        assert len(parts) == 3 and all(part.endswith("\n\n") and not part.endswith("\n\n\n") for part in parts[:2])
 
 
 def test_stop_string_with_escapes(tiny_checkpoint):

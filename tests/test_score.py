@@ -110,6 +110,9 @@ def test_unknown_characters_error_or_skip(overfit):
     skipped, plain = score_sentences(model, vocab, ["The apple and p€ear salad.", PEAR], unknown="skip")
     assert skipped.unknown == 1 and plain.unknown == 0
     assert math.isclose(skipped.nats, plain.nats, rel_tol=1e-6) and skipped.text != plain.text
+    # a sentence with nothing known left cannot be ranked (it would come first, at P = 1)
+    with pytest.raises(CharlmError, match=r"sentence 2: no character the model knows is left to score"):
+        score_sentences(model, vocab, [PEAR, "€€€"], unknown="skip")
 
 
 @pytest.mark.parametrize(
