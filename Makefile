@@ -25,7 +25,7 @@ format: install
 
 demo: install                     ## train on Shakespeare for 3 minutes, then sample
 	$(BIN)/charlm train shakespeare --minutes 3
-	$(BIN)/charlm sample --length 300 --temperature 0.8
+	$(BIN)/charlm sample --length 300
 
 bench: install                    ## charlm vs PyTorch side by side → benchmarks/RESULTS.md (~10 min)
 	$(BIN)/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null \

@@ -322,7 +322,7 @@ def _report_training(summary, corpus: str) -> None:
         f"perplexity {perplexity_text(summary.best_val)}) at step {summary.best_step:,}"
     )
     out.print(
-        f"trained {summary.steps:,} steps ({summary.chars_seen / 1e6:.1f}M characters) in "
+        f"trained {summary.steps:,} step{'' if summary.steps == 1 else 's'} ({summary.chars_seen / 1e6:.1f}M characters) in "
         f"{_duration(summary.elapsed)}; {summary.chars_seen / max(summary.train_seconds, 1e-9):,.0f} chars/s "
         "in training steps"
     )
@@ -787,7 +787,7 @@ def bench(
     layers: Annotated[int, typer.Option(min=1, max=16, help="Stacked recurrent layers.")] = 2,
     hidden: Annotated[int, typer.Option(min=1, max=8192, help="Hidden units per layer (H).")] = 256,
     embed: Annotated[int, typer.Option(min=1, max=8192, help="Embedding width (E).")] = 64,
-    batch: Annotated[int, typer.Option(min=1, help="Batch rows (B) for training.")] = 32,
+    batch: Annotated[int, typer.Option("--batch-size", "--batch", min=1, help="Batch rows (B) for training.")] = 32,
     seq_len: Annotated[int, typer.Option(min=1, help="Steps per chunk (T) for training.")] = 64,
     vocab: Annotated[int, typer.Option(min=2, max=65536, help="Vocabulary size of the synthetic data.")] = 65,
     windows: Annotated[int, typer.Option(min=1, max=100, help="Timed training windows; the median is reported.")] = 5,
