@@ -147,6 +147,11 @@ def blas_name() -> str:
         return "unknown"
 
 
+def _significant(x: float, digits: int = 4) -> float:
+    """x to ``digits`` significant figures (a fixed number of decimals would round a tiny model's rate to 0)."""
+    return float(f"{x:.{digits}g}")
+
+
 def run(cfg: BenchConfig, train: bool = True, sample: bool = True) -> dict:
     """Run the benchmark and return every figure as a JSON-ready dict."""
     mcfg = ModelConfig(cfg.vocab, cfg.cell, cfg.embed, cfg.hidden, cfg.layers)
@@ -173,7 +178,7 @@ def run(cfg: BenchConfig, train: bool = True, sample: bool = True) -> dict:
             "chars_per_s": round(med, 1),
             "windows": [round(r, 1) for r in rates],
             "flops_per_char": f,
-            "gflops": round(med * f / 1e9, 2),
+            "gflops": _significant(med * f / 1e9),
             "roofline_fraction": round(med * f / 1e9 / gemm, 4),
         }
     if sample:
@@ -184,7 +189,7 @@ def run(cfg: BenchConfig, train: bool = True, sample: bool = True) -> dict:
             "chars_per_s": round(med, 1),
             "windows": [round(r, 1) for r in rates],
             "flops_per_char": f,
-            "gflops": round(med * f / 1e9, 3),
+            "gflops": _significant(med * f / 1e9),
             "roofline_fraction": round(med * f / 1e9 / gemm, 5),
         }
     result["peak_rss_mb"] = round(peak_rss_mb(), 1)
