@@ -23,6 +23,7 @@ import ctypes
 import glob
 import os
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from functools import cache
 from itertools import pairwise
 
@@ -48,6 +49,19 @@ def _blas_thread_limit():
         fn.restype = ctypes.c_int
         return fn
     return None
+
+
+@contextmanager
+def blas_threads(n: int):
+    """Within the block, this thread's BLAS calls use at most ``n`` threads
+    (OpenBLAS only; elsewhere a no-op)."""
+    limit = _blas_thread_limit()
+    previous = limit(n) if limit is not None else None
+    try:
+        yield
+    finally:
+        if limit is not None:
+            limit(previous)
 
 
 def available() -> bool:
@@ -116,18 +130,13 @@ class DataParallel:
             rows = blocks[k]
             sub_state = [tuple(s[rows] for s in layer) for layer in state]
             sub_masks = None if masks is None else [m[:, rows] for m in masks]
-            limit = _blas_thread_limit()
-            previous = limit(1) if limit is not None else None
-            try:
+            with blas_threads(1):
                 return self.replicas[k].loss_and_grads(
                     np.ascontiguousarray(ids[:, rows]),
                     np.ascontiguousarray(targets[:, rows]),
                     sub_state,
                     dropout_masks=sub_masks,
                 )
-            finally:
-                if limit is not None:
-                    limit(previous)
 
         if len(blocks) == 1 or self._pool is None:
             return self.model.loss_and_grads(ids, targets, state, rng=rng, dropout_masks=masks)
