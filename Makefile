@@ -43,6 +43,8 @@ bench-quality: install            ## quality at equal time: 600 s of training pe
 # blocks run on two cores; on one core they take turns and give the same result).
 # Stop with Ctrl-C and run 'make models' again: --resume continues where it stopped.
 # The news model was trained before --forget-bias existed, with b_f = 1; its flags say so.
+# The shipped shakespeare.safetensors is the best checkpoint (step 2,250, val 1.4457) of a run
+# stopped at step 2,921 of its 25 epochs, after four evaluations without improvement.
 MODEL_ARGS := --layers 2 --hidden 512 --embed 64 --batch-size 64 --seq-len 100 \
               --lr 2e-3 --eval-every 150 --seed 1 --threads 2
 ARGS_shakespeare := --dropout 0.5 --forget-bias 0 --epochs 25
