@@ -21,6 +21,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from charlm.model import CharModel
+from charlm.parallel import blas_threads
 from charlm.vocab import Vocab
 
 WARMUP_CHARS = 256  # unprinted characters of its own that an unprompted sampler reads first
@@ -181,10 +182,11 @@ class Sampler:
         newline = self.vocab.index("\n")
         x = newline if newline is not None else int(np.argmax(self.dec_b))
         choose = Decoder(len(self.vocab), 1.0, None, None, self.logits.dtype).choose
-        for n, u in enumerate(np.random.default_rng(WARMUP_SEED).random(2 * WARMUP_CHARS).tolist()):
-            x = choose(self._logits(x), u)
-            if n + 1 >= WARMUP_CHARS and (newline is None or x == newline):
-                break
+        with blas_threads(1):  # see generate
+            for n, u in enumerate(np.random.default_rng(WARMUP_SEED).random(2 * WARMUP_CHARS).tolist()):
+                x = choose(self._logits(x), u)
+                if n + 1 >= WARMUP_CHARS and (newline is None or x == newline):
+                    break
         return x
 
     def _logits(self, x: int) -> np.ndarray:
@@ -228,7 +230,10 @@ class Sampler:
         n_stop = len(stop) if stop else 0
         tail = ""
         for n in range(length):
-            x = choose(self._logits(x), uniforms[n])
+            # One BLAS thread per product: at batch 1 a second thread gains little even on an idle
+            # machine, and next to a busy process (a training run) it made sampling 8× slower.
+            with blas_threads(1):
+                x = choose(self._logits(x), uniforms[n])
             self._last = x  # a later call continues the text from here
             ch = chars[x]
             yield ch
