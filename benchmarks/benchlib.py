@@ -125,7 +125,7 @@ def read_section(path: Path, title: str) -> str | None:
     """The '## title' section of a markdown file (heading included), or None."""
     if not path.is_file():
         return None
-    return split_sections(path.read_text(encoding="utf-8")).get(title)
+    return split_sections(path.read_text(encoding="utf-8"))[1].get(title)
 
 
 def replace_section(path: Path, title: str, body: str, new_file_head: str) -> None:

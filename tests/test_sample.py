@@ -401,7 +401,7 @@ def test_sample_with_no_runs_falls_back_to_the_shipped_shakespeare_model(tiny_ch
     assert "no trained model under ./runs; using the shipped shakespeare model" in r.stderr
     # Scoring never guesses a model: with no run it asks for one.
     scored = runner.invoke(app, ["score", "hello"])
-    assert scored.exit_code == 1 and "Train one first" in scored.stderr
+    assert scored.exit_code == 1 and "train one first" in scored.stderr
     # Without a shipped model either, sample says to train first.
     monkeypatch.setattr(charlm.corpora, "shipped_model", lambda name: None)
     none = runner.invoke(app, ["sample", "-n", "5"])
