@@ -182,6 +182,22 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def header_length(head: bytes, size: int | None = None) -> int | None:
+    """The safetensors header length n from a file's first 8 bytes (little-endian)
+    when plausible — 0 < n ≤ MAX_HEADER and, if the file size is known, 8 + n ≤ size —
+    else None."""
+    if len(head) < 8:
+        return None
+    (n,) = struct.unpack("<Q", head[:8])
+    return n if 0 < n <= MAX_HEADER and (size is None or 8 + n <= size) else None
+
+
+def opens_like_safetensors(head: bytes, size: int | None = None) -> bool:
+    """A plausible header length, then the "{" that starts the JSON header. Eight
+    bytes of text read as a length are ≥ 2⁶¹, so no text file opens like this."""
+    return header_length(head, size) is not None and head[8:9] == b"{"
+
+
 def read_header(path: Path) -> tuple[dict, dict]:
     """(tensor entries, metadata) from the safetensors header, without reading tensors.
 
@@ -199,17 +215,15 @@ def read_header(path: Path) -> tuple[dict, dict]:
         with open(path, "rb") as f:
             head = f.read(9)
             size = os.fstat(f.fileno()).st_size
-            (n,) = struct.unpack("<Q", head[:8]) if len(head) >= 8 else (0,)
-            fits = 0 < n <= MAX_HEADER and 8 + n <= size
-            # safetensors: the header length n (8 bytes, little-endian), then a JSON header
-            # that begins with "{". Only a file that does not open so is checked for other
-            # formats: some lengths look like a pickle's first bytes (n = 128 + 256k: 0x80).
-            if not (fits and head[8:9] == b"{"):
+            n = header_length(head, size)
+            # Only a file that does not open like safetensors is checked for other formats:
+            # some lengths look like a pickle's first bytes (n = 128 + 256k: 0x80).
+            if not opens_like_safetensors(head, size):
                 _refuse_foreign(path, head)
             if len(head) < 8:
                 raise CheckpointError(f"{path}: too short to be a checkpoint (truncated or empty file).")
             f.seek(8)
-            if not fits:
+            if n is None:
                 raise CheckpointError(f"{path}: not a safetensors file, or truncated (bad header length).")
             raw = f.read(n)
     except OSError as e:

@@ -63,12 +63,6 @@ BINARY_MAGIC = {
 }
 
 
-def _looks_like_safetensors(head: bytes) -> bool:
-    """An 8-byte little-endian header length n, then "{": a safetensors file (a
-    charlm checkpoint, say). Eight bytes of text read as n are ≥ 2⁶¹, never small."""
-    return len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 2**32
-
-
 def check_decoding(encoding: str, errors: str) -> codecs.CodecInfo:
     """The codec for ``encoding``; a UsageError for an unknown encoding or errors policy."""
     if errors not in ERRORS:
@@ -150,7 +144,9 @@ def iter_text(
                 for magic, kind in BINARY_MAGIC.items():
                     if raw.startswith(magic):
                         raise CorpusError(f"{label}: looks like {kind}, not text. Give a plain text file.")
-                if _looks_like_safetensors(raw):
+                from charlm.checkpoint import opens_like_safetensors  # only for the first chunk
+
+                if opens_like_safetensors(raw):
                     raise CorpusError(
                         f"{label}: looks like a safetensors model file (a checkpoint), not text. Give the "
                         "text file to learn from; checkpoints go to --checkpoint/-c or --resume."
