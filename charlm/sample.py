@@ -141,17 +141,25 @@ class Sampler:
         self.dec_b = p["decoder.bias"].copy()  # (V,)
         self.pre = [np.empty(cell.gates * cell.hidden_size, model.dtype) for cell in model.rnn]
         self.logits = np.empty(len(vocab), model.dtype)  # (V,)
-        self.state = [tuple(s[0] for s in layer) for layer in model.zero_state(1)]  # (H,) vectors
-        self._last: int | None = None  # the id fed next: the last character fed or generated
+        self.state = [tuple(s[0] for s in layer) for layer in model.zero_state(1)]  # (H,) vectors, updated in place
+        self._last: int | None = None  # the id fed next: the last character given or generated, not yet read
 
     def feed(self, ids: np.ndarray) -> None:
-        """Run the prompt through the model (batched over time), updating the state."""
+        """Run the prompt through the model (batched over time), updating the state.
+
+        The state then holds everything but the prompt's last character, which is
+        the id ``generate`` feeds first (as after a generated character): the state
+        has always read all text but ``_last``."""
         if len(ids) == 0:
             return
-        x = np.asarray(ids, dtype=np.int64).reshape(-1, 1)  # (T, 1)
-        state = [tuple(s[None, :] for s in layer) for layer in self.state]
-        _, new_state, _ = self.model._forward(x, state, None)
-        self.state = [tuple(s[0].copy() for s in layer) for layer in new_state]
+        pending = [] if self._last is None else [self._last]
+        x = np.asarray([*pending, *ids[:-1]], dtype=np.int64).reshape(-1, 1)  # (T, 1)
+        if len(x):
+            state = [tuple(s[None, :] for s in layer) for layer in self.state]
+            _, new_state, _ = self.model._forward(x, state, None)
+            for mine, new in zip(self.state, new_state, strict=True):
+                for part, value in zip(mine, new, strict=True):
+                    part[...] = value[0]
         self._last = int(ids[-1])
 
     def _step(self, x: int) -> np.ndarray:

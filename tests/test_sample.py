@@ -215,6 +215,40 @@ def test_greedy_sampling_follows_the_full_forward_pass():
     assert got == vocab.decode(ids[len(prime) :])
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_sampler_logits_equal_the_full_forward_pass(cell):
+    """Three layers, every cell: after a prompt, each character's logits are those of
+    the whole text so far run through the model at once (the prompt's last character
+    is read once, not twice)."""
+    vocab = Vocab.from_text(SMALL_TEXT)
+    model = CharModel(ModelConfig(len(vocab), cell=cell, embed=5, hidden=7, layers=3), dtype=np.float64, seed=2)
+    sampler = Sampler(model, vocab)
+    ids = vocab.encode("Citizen").ids.tolist()
+    sampler.feed(np.array(ids[:3]))
+    for k in range(3, len(ids)):
+        got = sampler._logits(ids[k - 1]).copy()
+        want, _ = model.forward_logits(np.array(ids[:k]).reshape(-1, 1), model.zero_state(1))
+        assert np.allclose(got, want[-1], rtol=1e-12, atol=1e-12)
+
+
+def test_a_prompt_is_read_once_even_in_pieces(small_model):
+    """feed() leaves the prompt's last character for generate to read first, so it
+    is read exactly once (it used to be read twice), and feeding in pieces is
+    feeding the whole."""
+    model, vocab = small_model
+    ids = vocab.encode("First Citizen:").ids
+    whole, pieces = Sampler(model, vocab, seed=3), Sampler(model, vocab, seed=3)
+    whole.feed(ids)
+    pieces.feed(ids[:5])
+    pieces.feed(ids[5:])
+    assert text(whole, 40) == text(pieces, 40)
+    whole.reset()
+    whole.feed(ids)
+    got = whole._logits(whole._last).copy()
+    want, _ = model.forward_logits(ids.reshape(-1, 1), model.zero_state(1))
+    assert np.allclose(got, want[-1], rtol=1e-5, atol=1e-5)
+
+
 def test_top_k_one_is_greedy(small_model):
     model, vocab = small_model
     greedy = text(Sampler(model, vocab, seed=1), 80, temperature=0.0)
