@@ -59,10 +59,18 @@ State = list[tuple[np.ndarray, ...]]  # one tuple of (B, H) arrays per layer
 class CharModel:
     """Embedding → ``layers`` recurrent cells → Linear decoder, with hand-written backward."""
 
-    def __init__(self, config: ModelConfig, dtype=np.float32, seed: int = 0, share: CharModel | None = None) -> None:
-        """A new model with initialised weights; or, with ``share``, a replica that
-        uses ``share``'s parameters and has its own gradients and work buffers
-        (for data parallelism, see ``charlm.parallel``)."""
+    def __init__(
+        self,
+        config: ModelConfig,
+        dtype=np.float32,
+        seed: int = 0,
+        flat: np.ndarray | None = None,
+        grad_flat: np.ndarray | None = None,
+    ) -> None:
+        """A new model with initialised weights; or, given ``flat``, a model whose
+        parameters live in that 1-D array (left as they are), and given
+        ``grad_flat``, whose gradient is written there (for the worker processes
+        of ``charlm.parallel``, which map both from shared memory)."""
         if config.cell not in CELLS:
             raise ValueError(f"unknown cell {config.cell!r}")
         self.config = config
@@ -70,8 +78,11 @@ class CharModel:
         self.shapes = self.param_shapes(config)
         total = sum(int(np.prod(s)) for s in self.shapes.values())
         # every parameter, contiguous
-        self.flat = share.flat if share is not None else np.zeros(total, self.dtype)
-        self.grad_flat = np.zeros(total, self.dtype)  # ∂L/∂flat
+        for given in (flat, grad_flat):
+            if given is not None and (given.shape != (total,) or given.dtype != self.dtype):
+                raise ValueError(f"buffer of shape {given.shape} {given.dtype}, expected ({total},) {self.dtype}")
+        self.flat = flat if flat is not None else np.zeros(total, self.dtype)
+        self.grad_flat = grad_flat if grad_flat is not None else np.zeros(total, self.dtype)  # ∂L/∂flat
         self.params: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
         offset = 0
@@ -92,7 +103,7 @@ class CharModel:
                     *(self.grads[n] for n in names),
                 )
             )
-        if share is None:
+        if flat is None:
             self.init_weights(np.random.default_rng(seed))
 
     # -- parameters -------------------------------------------------------

@@ -203,6 +203,7 @@ class Trainer:
                 self.run_dir.rmdir()  # a run that wrote nothing leaves no folder behind
             raise
         finally:  # restored only now: a second Ctrl-C during the final save just sets the flag again
+            self.stepper.close()  # the worker processes; a later run() starts them again
             for sig, handler in previous.items():
                 signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 

@@ -216,3 +216,60 @@ def test_remove_stale_temps_spares_live_writers(tmp_path):
     removed = checkpoint.remove_stale_temps(tmp_path)
     assert removed == [tmp_path / names[0]]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[1:])
+
+
+def _children(pid: int) -> set[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return {int(p) for p in f.read().split()}
+    except FileNotFoundError:
+        return set()
+
+
+def _gone(pids: set[int], timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(os.path.exists(f"/proc/{p}") for p in pids):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs /proc")
+def test_ctrl_c_with_worker_processes(tmp_path, small_corpus):
+    """Two row blocks, so a worker process trains beside the main one. A terminal's
+    Ctrl-C goes to the whole foreground process group: the main process saves and
+    stops with 130, the worker (in its own session) is not interrupted mid-step and
+    ends with it. Then kill -9 of the main process: the worker ends too (its input
+    closes) and nothing is left in /dev/shm."""
+    run = tmp_path / "runs" / "small"
+    args = [str(small_corpus), "--steps", "100000", "--eval-every", "20", "--out", "runs", *TINY]
+    args[args.index("--batch-size") + 1] = "16"
+    proc = subprocess.Popen(
+        [console_script(), "train", *args, "--threads", "2"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a shell gives a foreground job
+    )
+    wait_for(lambda: (run / "last.safetensors").exists(), proc)
+    workers = _children(proc.pid)
+    assert len(workers) == 1
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and re.search(r"interrupted at step \d+; resume with", err)
+    assert _gone(workers)
+    checkpoint.load(run / "last.safetensors")
+
+    shm_before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    proc = start(tmp_path, str(small_corpus), "--resume", "runs/small", stderr=subprocess.DEVNULL)
+    wait_for(lambda: len(_children(proc.pid)) == 1, proc)
+    workers = _children(proc.pid)
+    time.sleep(0.5)
+    proc.kill()
+    proc.wait(timeout=30)
+    assert _gone(workers)
+    if os.path.isdir("/dev/shm"):
+        assert {n for n in set(os.listdir("/dev/shm")) - shm_before if n.startswith("charlm-")} == set()

@@ -1,0 +1,69 @@
+"""A worker process of ``charlm.parallel.DataParallel``: ``python -m charlm.worker``.
+
+It reads one JSON line per request on stdin and answers with one JSON line on
+stdout. The first line describes the model and names the shared files holding
+its parameters (read) and gradient (written); each ``step`` line names an
+exchange file with the block's ids, targets, carried state and dropout masks,
+into which the final state is written back. The worker computes
+``CharModel.loss_and_grads`` on that block and answers with the loss, or with
+the error it met. It ends at the end of its input (the main process closed the
+pipe or ended) and ignores Ctrl-C, which is the main process's to handle.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import signal
+import sys
+
+import numpy as np
+
+from charlm.model import CharModel, ModelConfig
+from charlm.parallel import exchange_layout, exchange_views, map_file
+
+
+def _answer(out, **fields) -> None:
+    fields["peak_rss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out.write(json.dumps(fields).encode() + b"\n")
+    out.flush()
+
+
+def serve(inp, out) -> None:
+    init = json.loads(inp.readline())
+    config = ModelConfig.from_dict(init["config"])
+    dtype = np.dtype(init["dtype"])
+    P = sum(int(np.prod(s)) for s in CharModel.param_shapes(config).values())
+    params, grad = map_file(init["params"]), map_file(init["grad"])
+    model = CharModel(config, dtype, flat=np.frombuffer(params, dtype, P), grad_flat=np.frombuffer(grad, dtype, P))
+    _answer(out, ok=True)
+    exchange_path, x = None, {}
+    for line in inp:
+        msg = json.loads(line)
+        try:
+            if msg["exchange"] != exchange_path:
+                layout, _ = exchange_layout(
+                    msg["T"], msg["B"], config.layers, len(model.rnn[0].state_names), config.hidden, dtype, msg["masks"]
+                )
+                x = exchange_views(map_file(msg["exchange"]), layout)
+                exchange_path = msg["exchange"]
+            state = [tuple(x["state_in"][layer]) for layer in range(config.layers)]
+            masks = list(x["masks"]) if msg["masks"] else None
+            with np.errstate(**msg["err"]):
+                loss, new_state = model.loss_and_grads(x["ids"], x["targets"], state, dropout_masks=masks)
+            for layer, arrays in enumerate(new_state):
+                for s, a in enumerate(arrays):
+                    x["state_out"][layer, s] = a
+        except Exception as e:  # reported to the main process, which decides what the user sees
+            _answer(out, ok=False, error=type(e).__name__, message=str(e))
+            continue
+        _answer(out, ok=True, loss=float(loss))
+
+
+def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    serve(sys.stdin.buffer, sys.stdout.buffer)
+
+
+if __name__ == "__main__":
+    main()
