@@ -226,7 +226,11 @@ class LSTM(Recurrent):
         c<t> = Γf ∗ c<t-1> + Γu ∗ c̃<t>
         a<t> = Γo ∗ tanh(c<t>)
 
-    tanh(z) is computed as 2σ(2z) − 1, so one exp serves the whole (B, 4H) block.
+    tanh(z) is computed as 2σ(2z) − 1, so one exp serves the whole (B, 4H) block:
+    the chunk's input projections and a copy of W_hh are multiplied once by the
+    block factors s = (−1, −1, −2, −1), so a step's exp(s ∗ z) needs no scaling of
+    its own, and 1/(1 + e) for i, f, o and 2/(1 + e) for g is one division by the
+    numerators −s. (Powers of two: the same bits as scaling inside the loop.)
 
     Backward, per step (δa = ∂L/∂a<t>, δc = ∂L/∂c<t> from t+1):
 
@@ -249,7 +253,9 @@ class LSTM(Recurrent):
             "c": np.empty((T + 1, B, H), dt),  # c<0..T>
             "tanh_c": np.empty((T, B, H), dt),  # tanh c<1..T>
             "k": np.empty((T, B, H), dt),  # Γo ∗ (1 − tanh² c<t>), backward only
-            "neg_scale": scale,  # (4H,)
+            "neg_scale": scale,  # (4H,) s
+            "numerator": -scale,  # (4H,) −s: 1 for i, f, o and 2 for g
+            "w_scaled": np.empty((4 * H, H), dt),  # s ∗ W_hh, row by row
         }
 
     def _run(self, ws, state):
@@ -258,22 +264,21 @@ class LSTM(Recurrent):
         T, B, _ = G.shape
         H = self.hidden_size
         _state_shape_check(a0, B, H)
-        z, tmp, scale = ws["z"], ws["h1"], ws["neg_scale"]
-        w_hh_t = self.w_hh.T
+        z, tmp, scale, numerator = ws["z"], ws["h1"], ws["neg_scale"], ws["numerator"]
+        np.multiply(G, scale, out=G)  # s ∗ (W_ih x<t> + b) for the whole chunk, (T, B, 4H)
+        w_hh_t = np.multiply(self.w_hh, scale[:, None], out=ws["w_scaled"]).T  # (H, 4H) view
         A[0] = a0
         C[0] = c0
         with np.errstate(over="ignore", under="ignore"):
             for t in range(T):
-                g = G[t]  # (B, 4H) pre-activations → gate values
+                g = G[t]  # (B, 4H) scaled pre-activations → gate values
                 np.matmul(A[t], w_hh_t, out=z)
-                np.add(g, z, out=g)
-                np.multiply(g, scale, out=g)
+                np.add(g, z, out=g)  # s ∗ z<t>
                 np.exp(g, out=g)
                 np.add(g, 1.0, out=g)
-                np.divide(1.0, g, out=g)  # σ(z) for i, f, o; σ(2z) for g
+                np.divide(numerator, g, out=g)  # σ(z) for i, f, o; 2σ(2z) for g
                 cand = g[:, 2 * H : 3 * H]
-                np.multiply(cand, 2.0, out=cand)
-                np.subtract(cand, 1.0, out=cand)  # c̃ = tanh(z_g)
+                np.subtract(cand, 1.0, out=cand)  # c̃ = tanh(z_g) = 2σ(2z) − 1
                 np.multiply(g[:, H : 2 * H], C[t], out=C[t + 1])  # Γf ∗ c<t-1>
                 np.multiply(g[:, :H], cand, out=tmp)  # Γu ∗ c̃
                 np.add(C[t + 1], tmp, out=C[t + 1])
@@ -287,17 +292,16 @@ class LSTM(Recurrent):
         if not hasattr(self, "_step_bufs"):
             scale = np.full(4 * H, -1.0, self.dtype)
             scale[2 * H : 3 * H] = -2.0
-            self._step_bufs = (np.empty(4 * H, self.dtype), np.empty(H, self.dtype), scale)
-        z, tmp, scale = self._step_bufs
+            self._step_bufs = (np.empty(4 * H, self.dtype), np.empty(H, self.dtype), scale, -scale)
+        z, tmp, scale, numerator = self._step_bufs
         np.matmul(self.w_hh, a, out=z)
         pre += z
         pre *= scale
         with np.errstate(over="ignore", under="ignore"):
             np.exp(pre, out=pre)
         pre += 1.0
-        np.reciprocal(pre, out=pre)
+        np.divide(numerator, pre, out=pre)  # σ(z) for i, f, o; 2σ(2z) for g
         cand = pre[2 * H : 3 * H]
-        cand *= 2.0
         cand -= 1.0
         c *= pre[H : 2 * H]
         np.multiply(pre[:H], cand, out=tmp)
