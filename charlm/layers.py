@@ -13,7 +13,12 @@ Sizes used in every shape comment:
 Sequences are time-major, ``(T, B, ·)``, so that step t is the contiguous block
 ``x[t]``. Weights are laid out like PyTorch's ``nn.LSTM``/``nn.Linear``
 (``weight (out, in)``), so ``x @ W.T`` is a forward projection; NumPy passes
-the transpose to BLAS without copying.
+the transpose to BLAS without copying. The one exception is the recurrent
+product inside a time loop: there each chunk first makes a contiguous copy of
+W_hhᵀ (with the cell's scale factors folded in), because OpenBLAS repacks the
+weight at every one of the T small products and packs a contiguous (H, G·H)
+operand faster (measured per product, one thread: 1.18× at H 128 B 16, 1.14×
+at H 256 B 16, 1.07× at H 512 B 32, medians of 15 interleaved rounds).
 
 A layer owns references to its parameter and gradient arrays (views into the
 model's flat buffers) and a workspace of preallocated arrays per (T, B) shape.
@@ -255,7 +260,7 @@ class LSTM(Recurrent):
             "k": np.empty((T, B, H), dt),  # Γo ∗ (1 − tanh² c<t>), backward only
             "neg_scale": scale,  # (4H,) s
             "numerator": -scale,  # (4H,) −s: 1 for i, f, o and 2 for g
-            "w_scaled": np.empty((4 * H, H), dt),  # s ∗ W_hh, row by row
+            "w_scaled_t": np.empty((H, 4 * H), dt),  # (s ∗ W_hh)ᵀ, contiguous (see Recurrent)
         }
 
     def _run(self, ws, state):
@@ -266,7 +271,7 @@ class LSTM(Recurrent):
         _state_shape_check(a0, B, H)
         z, tmp, scale, numerator = ws["z"], ws["h1"], ws["neg_scale"], ws["numerator"]
         np.multiply(G, scale, out=G)  # s ∗ (W_ih x<t> + b) for the whole chunk, (T, B, 4H)
-        w_hh_t = np.multiply(self.w_hh, scale[:, None], out=ws["w_scaled"]).T  # (H, 4H) view
+        w_hh_t = np.multiply(self.w_hh.T, scale, out=ws["w_scaled_t"])  # (H, 4H)
         A[0] = a0
         C[0] = c0
         with np.errstate(over="ignore", under="ignore"):
@@ -385,14 +390,14 @@ class RNN(Recurrent):
 
     def _extra_buffers(self, T: int, B: int) -> dict[str, np.ndarray]:
         H = self.hidden_size
-        return {"w_scaled": np.empty((H, H), self.dtype)}  # −2 W_hh
+        return {"w_scaled_t": np.empty((H, H), self.dtype)}  # −2 W_hhᵀ, contiguous
 
     def _run(self, ws, state):
         (a0,) = state
         P, A, z = ws["pre"], ws["a"], ws["z"]
         T, B, _ = P.shape
         _state_shape_check(a0, B, self.hidden_size)
-        w_t = np.multiply(self.w_hh, -2.0, out=ws["w_scaled"]).T  # (H, H) view
+        w_t = np.multiply(self.w_hh.T, -2.0, out=ws["w_scaled_t"])  # (H, H)
         np.multiply(P, -2.0, out=P)  # −2 (W_ih x<t> + b) for every t, (T, B, H)
         A[0] = a0
         with np.errstate(over="ignore", under="ignore"):
@@ -479,8 +484,8 @@ class GRU(Recurrent):
         return {
             "s": np.empty((T, B, H), dt),  # Γr ∗ c<t-1>
             "k": np.empty((T, B, H), dt),  # 1 − Γu, backward only
-            "w_ru": np.empty((2 * H, H), dt),  # −W_hh[r, u]
-            "w_c": np.empty((H, H), dt),  # −2 W_hh[c̃]
+            "w_ru_t": np.empty((H, 2 * H), dt),  # −W_hh[r, u]ᵀ, contiguous
+            "w_c_t": np.empty((H, H), dt),  # −2 W_hh[c̃]ᵀ
             "z_ru": np.empty((B, 2 * H), dt),  # recurrent projection for r, u
             "neg_scale": scale,  # (3H,)
         }
@@ -491,8 +496,8 @@ class GRU(Recurrent):
         T, B, _ = G.shape
         H = self.hidden_size
         _state_shape_check(a0, B, H)
-        w_ru = np.multiply(self.w_hh[: 2 * H], -1.0, out=ws["w_ru"]).T  # (H, 2H) view
-        w_c = np.multiply(self.w_hh[2 * H :], -2.0, out=ws["w_c"]).T  # (H, H) view
+        w_ru = np.multiply(self.w_hh[: 2 * H].T, -1.0, out=ws["w_ru_t"])  # (H, 2H)
+        w_c = np.multiply(self.w_hh[2 * H :].T, -2.0, out=ws["w_c_t"])  # (H, H)
         np.multiply(G, ws["neg_scale"], out=G)  # −z_r, −z_u, −2 z_c input parts, (T, B, 3H)
         z_ru, z_c, tmp = ws["z_ru"], ws["h1"], ws["h2"]
         A[0] = a0
