@@ -110,16 +110,41 @@ def row_blocks(B: int, workers: int) -> list[slice]:
 # --------------------------------------------------------------------------- #
 
 
+def shared_folders() -> list[str]:
+    """Where shared files may go, best first: /dev/shm (RAM), then the temporary folder."""
+    shm = "/dev/shm"
+    folders = [shm] if os.path.isdir(shm) and os.access(shm, os.W_OK) else []
+    return [*folders, tempfile.gettempdir()]
+
+
 def shared_file(nbytes: int) -> tuple[str, mmap.mmap]:
-    """A new private file of ``nbytes`` bytes, mapped read-write: in /dev/shm (RAM)
-    where there is one. Returns its path, for a worker to map, and the mapping."""
-    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    fd, path = tempfile.mkstemp(prefix="charlm-", dir=base)
-    try:
-        os.ftruncate(fd, nbytes)
-        return path, mmap.mmap(fd, nbytes)
-    finally:
-        os.close(fd)
+    """A new private file of ``nbytes`` bytes, mapped read-write, in the first of
+    ``shared_folders`` with room for it. Returns its path, for a worker to map,
+    and the mapping. The space is reserved at once, so a full /dev/shm (64 MB in
+    a default Docker container) means the next folder, not a crash (SIGBUS) on
+    the first write to a page that cannot be had."""
+    reasons = []
+    for folder in shared_folders():
+        try:
+            fd, path = tempfile.mkstemp(prefix="charlm-", dir=folder)
+        except OSError as e:
+            reasons.append(f"{folder}: {e.strerror or e}")
+            continue
+        try:
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(fd, 0, nbytes)
+            else:
+                os.ftruncate(fd, nbytes)
+            return path, mmap.mmap(fd, nbytes)
+        except OSError as e:
+            os.unlink(path)
+            reasons.append(f"{folder}: {e.strerror or e}")
+        finally:
+            os.close(fd)
+    raise CharlmError(
+        f"cannot reserve {nbytes / 2**20:.0f} MB of shared memory for the training worker processes "
+        f"({'; '.join(reasons)}). Free some space there, or train with --threads 1."
+    )
 
 
 def map_file(path: str) -> mmap.mmap:

@@ -149,3 +149,37 @@ def test_peak_rss_counts_the_workers():
         dp.loss_and_grads(ids, ids, model.zero_state(8))
         assert dp._procs[0].peak_rss_kb > 10_000  # a Python with NumPy
         assert dp.peak_rss_mb() >= alone + dp._procs[0].peak_rss_kb / 1024 - 1
+
+
+def test_no_room_in_dev_shm_falls_back_then_fails_in_one_line(monkeypatch, tmp_path):
+    """posix_fallocate reserves the space up front: a full /dev/shm means the temporary
+    folder instead, and no room anywhere is one clear error, not a SIGBUS later."""
+    import errno
+
+    import charlm.parallel as parallel
+
+    if not hasattr(os, "posix_fallocate"):
+        pytest.skip("needs posix_fallocate")
+    real = os.posix_fallocate
+    full = {"/dev/shm"}
+
+    def fallocate(fd, offset, length):
+        if any(os.readlink(f"/proc/self/fd/{fd}").startswith(f + "/") for f in full):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, offset, length)
+
+    shm_before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    monkeypatch.setattr(os, "posix_fallocate", fallocate)
+    monkeypatch.setattr(parallel, "shared_folders", lambda: ["/dev/shm", str(tmp_path)])
+    serial, model = _setup()
+    ids = np.zeros((4, 8), np.int64)
+    serial.loss_and_grads(ids, ids, serial.zero_state(8))
+    with DataParallel(model, 2) as dp:
+        dp.loss_and_grads(ids, ids, model.zero_state(8))
+        assert np.allclose(model.grad_flat, serial.grad_flat, rtol=1e-10, atol=1e-13)
+    assert os.listdir(tmp_path) == []  # the fallback files are unlinked as well
+    full.add(str(tmp_path))
+    with DataParallel(model, 2) as dp, pytest.raises(CharlmError, match=r"cannot reserve .*--threads 1"):
+        dp.loss_and_grads(ids, ids, model.zero_state(8))
+    if os.path.isdir("/dev/shm"):
+        assert set(os.listdir("/dev/shm")) - shm_before == set()
