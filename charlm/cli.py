@@ -241,6 +241,11 @@ def train(
         raise UsageError(f"--forget-bias must be between -10 and 10 (got {forget_bias:g}).")
     if forget_bias != 0.0 and cell in ("gru", "rnn"):
         raise UsageError(f"--forget-bias is for the LSTM's forget gate; a {cell} cell has none. Drop the option.")
+    if resume is None and threads > batch_size:  # a resumed run keeps its own batch size
+        raise UsageError(
+            f"--threads {threads} is more than --batch-size {batch_size}: each block needs a row of its own. "
+            "Give at most the batch size, or 0 for one block per core."
+        )
     path, stem = resolve(corpus)
     if resume is not None:
         trainer = _resume(ctx, resume, name, out_dir, path)
@@ -810,6 +815,11 @@ def bench(
 
     if cell not in CELLS:
         raise UsageError(f"unknown cell {cell!r}; choose one of: {', '.join(CELLS)}.")
+    if threads > batch:
+        raise UsageError(
+            f"--threads {threads} is more than --batch-size {batch}: each block needs a row of its own. "
+            "Give at most the batch size, or 0 for one block per core."
+        )
     cfg = BenchConfig(cell, layers, hidden, embed, batch, seq_len, vocab, windows, window_seconds, threads=threads)
     if not as_json:
         err.print(f"measuring {layers}×{hidden} {cell.upper()}, batch {batch} × {seq_len} steps …")

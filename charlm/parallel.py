@@ -413,14 +413,18 @@ class DataParallel:
                 )
         except BaseException as e:  # still read every worker's answer, so the next step starts in step
             failure = e
+        in_step = True  # every worker has answered and waits for the next step
         for w in workers:
             try:
                 results.append(w.receive())
-            except BaseException as e:
+            except (FloatingPointError, MemoryError) as e:  # a whole answer, reporting the worker's error
                 failure = failure or e
+            except BaseException as e:  # a dead worker, or interrupted while waiting for one
+                failure = failure or e
+                in_step = False
         if failure is not None:
-            if isinstance(failure, CharlmError):
-                self.close()
+            if not in_step:
+                self.close()  # a later step starts afresh
             raise failure
         if self._params_path is not None:  # every worker has mapped it
             _remove(self._params_path)
@@ -431,7 +435,8 @@ class DataParallel:
         grad = self.model.grad_flat
         grad *= weights[0]
         for w, wk in zip(workers, weights[1:], strict=True):
-            grad += wk * w.grad
+            w.grad *= wk  # in place: the worker overwrites it at its next step
+            grad += w.grad
         loss = sum(wk * r[0] for wk, r in zip(weights, results, strict=True))
         new_state = [
             tuple(np.concatenate([r[1][layer][i] for r in results], axis=0) for i in range(len(state[layer])))

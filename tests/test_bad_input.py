@@ -260,6 +260,20 @@ CASES = [
         ]
     ],
     Case(
+        "option-threads-above-batch",
+        ["train", "small.txt", *TINY, "--threads", "9"],
+        2,
+        r"--threads 9 is more than --batch-size \d+: each block needs a row of its own",
+        SMALL,
+    ),
+    Case(
+        "bench-threads-above-batch",
+        ["bench", "--batch-size", "4", "--threads", "5"],
+        2,
+        r"--threads 5 is more than",
+        {},
+    ),
+    Case(
         "option-forget-bias-gru",
         ["train", "small.txt", *TINY, "--cell", "gru", "--forget-bias", "1"],
         2,
