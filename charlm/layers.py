@@ -252,8 +252,7 @@ class LSTM(Recurrent):
 
     def _extra_buffers(self, T: int, B: int) -> dict[str, np.ndarray]:
         H, dt = self.hidden_size, self.dtype
-        scale = np.full(4 * H, -1.0, dt)
-        scale[2 * H : 3 * H] = -2.0  # exp(-2 z_g) gives tanh via 2σ(2z) − 1
+        scale = self._gate_scale()
         return {
             "c": np.empty((T + 1, B, H), dt),  # c<0..T>
             "tanh_c": np.empty((T, B, H), dt),  # tanh c<1..T>
@@ -262,6 +261,13 @@ class LSTM(Recurrent):
             "numerator": -scale,  # (4H,) −s: 1 for i, f, o and 2 for g
             "w_scaled_t": np.empty((H, 4 * H), dt),  # (s ∗ W_hh)ᵀ, contiguous (see Recurrent)
         }
+
+    def _gate_scale(self) -> np.ndarray:
+        """s (4H,): −1 for i, f, o and −2 for g, as exp(−2 z_g) gives tanh via 2σ(2z) − 1."""
+        H = self.hidden_size
+        scale = np.full(4 * H, -1.0, self.dtype)
+        scale[2 * H : 3 * H] = -2.0
+        return scale
 
     def _run(self, ws, state):
         a0, c0 = state
@@ -295,8 +301,7 @@ class LSTM(Recurrent):
         a, c = state
         H = self.hidden_size
         if not hasattr(self, "_step_bufs"):
-            scale = np.full(4 * H, -1.0, self.dtype)
-            scale[2 * H : 3 * H] = -2.0
+            scale = self._gate_scale()
             self._step_bufs = (np.empty(4 * H, self.dtype), np.empty(H, self.dtype), scale, -scale)
         z, tmp, scale, numerator = self._step_bufs
         np.matmul(self.w_hh, a, out=z)

@@ -302,10 +302,6 @@ class _Worker:
             "Try again, or train with --threads 1."
         )
 
-    def stop(self) -> None:
-        _stop_process(self.proc)
-        self._stderr.close()
-
 
 def _stop_process(proc: subprocess.Popen) -> None:
     """Close the worker's stdin (it exits at end of input) and wait; kill it if it does not."""
@@ -329,12 +325,17 @@ def _remove(path: str) -> None:
 
 
 def _cleanup(procs: list[subprocess.Popen], paths: list[str]) -> None:
+    """Stop the workers and remove the shared files: at close, on collection or at exit."""
     for proc in procs:
-        if proc.poll() is None:
-            _stop_process(proc)
+        _stop_process(proc)
     for path in paths:
         _remove(path)
     paths.clear()
+
+
+def _rows_of(rows: slice, state: State, masks: list[np.ndarray] | None) -> tuple[State, list | None]:
+    """The carried state (each (B, H)) and dropout masks (each (T, B, H)) of one row block."""
+    return [tuple(s[rows] for s in layer) for layer in state], None if masks is None else [m[:, rows] for m in masks]
 
 
 class DataParallel:
@@ -388,17 +389,12 @@ class DataParallel:
         err = np.geterr()  # the caller's floating-point policy holds in the workers too
         try:
             for w, rows in zip(workers, blocks[1:], strict=True):
-                w.send_step(
-                    ids[:, rows],
-                    targets[:, rows],
-                    [tuple(s[rows] for s in layer) for layer in state],
-                    None if masks is None else [m[:, rows] for m in masks],
-                    err,
-                )
+                w.send_step(ids[:, rows], targets[:, rows], *_rows_of(rows, state, masks), err)
         except CharlmError:  # a worker is gone: stop the others too, a later step starts afresh
             self.close()
             raise
         rows = blocks[0]
+        own_state, own_masks = _rows_of(rows, state, masks)
         results: list[tuple[float, State]] = []
         failure: BaseException | None = None
         try:
@@ -407,8 +403,8 @@ class DataParallel:
                     self.model.loss_and_grads(
                         np.ascontiguousarray(ids[:, rows]),
                         np.ascontiguousarray(targets[:, rows]),
-                        [tuple(s[rows] for s in layer) for layer in state],
-                        dropout_masks=None if masks is None else [m[:, rows] for m in masks],
+                        own_state,
+                        dropout_masks=own_masks,
                     )
                 )
         except BaseException as e:  # still read every worker's answer, so the next step starts in step
@@ -472,12 +468,12 @@ class DataParallel:
             self._pool = None
 
     def _stop_workers(self) -> None:
-        for w in self._procs:
-            w.stop()
-        self._procs = []
         if self._finalizer is not None:
-            self._finalizer()  # removes any shared file not unlinked yet
+            self._finalizer()  # stops the processes, removes any shared file not unlinked yet
             self._finalizer = None
+        for w in self._procs:
+            w._stderr.close()
+        self._procs = []
         self._params = None
         self._params_path = None
 
