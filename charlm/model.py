@@ -182,8 +182,8 @@ class CharModel:
         loss = softmax_cross_entropy_(logits, targets.reshape(-1))
         dlogits = logits  # (T·B, V), now ∂L/∂logits
         self.grad_flat.fill(0.0)
-        self.grads["decoder.weight"][...] = dlogits.T @ top.reshape(T * B, H)
-        self.grads["decoder.bias"][...] = dlogits.sum(axis=0)
+        np.matmul(dlogits.T, top.reshape(T * B, H), out=self.grads["decoder.weight"])  # (V, H)
+        np.sum(dlogits, axis=0, out=self.grads["decoder.bias"])
         grad = (dlogits @ self.params["decoder.weight"]).reshape(T, B, H)
         self._backward(ids, grad, inputs, masks)
         return loss, new_state
