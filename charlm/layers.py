@@ -370,7 +370,8 @@ class LSTM(Recurrent):
         for end in range(T, 0, -span):
             start = max(0, end - span)
             steps = slice(start, end)
-            self._step_factors(G[steps], G4[steps], C[start:end], TC[steps], K[steps], dG[steps], P4[steps])
+            # (C[t] holds c<t-1> of step t)
+            self._step_factors(G[steps], G4[steps], C[steps], TC[steps], K[steps], dG[steps], P4[steps])
             for t in range(end - 1, start - 1, -1):
                 np.add(da, grad_out[t], out=da)
                 np.multiply(da, K[t], out=tmp)
