@@ -37,3 +37,27 @@ def test_profile_step_parts_add_up_to_the_step():
     shares = [float(x) for x in re.findall(r"ms +(-?[\d.]+)%", out)]
     assert len(shares) == 6 and "forward time loops" in out and "backward time loops" in out
     assert all(s > 0 for s in shares), out
+
+
+def test_a_run_without_onednn_judges_no_goal_and_keeps_the_results_of_record():
+    """compare.py --no-torch-mkldnn is a sensitivity check: it writes its own
+    report by default, and its summaries judge no goal (the goals are against
+    PyTorch's defaults)."""
+    import compare
+
+    default = compare.parse_args([])
+    assert default.out.name == "RESULTS.md" and default.json_out.name == "results.json"
+    off = compare.parse_args(["--no-torch-mkldnn"])
+    assert off.out.name == "RESULTS-no-onednn.md" and off.json_out.name == "results-no-onednn.json"
+    assert compare.parse_args(["--no-torch-mkldnn", "--out", "x.md"]).out == Path("x.md")
+
+    series = compare.Series("A", "A", "lstm", "train")
+    runs = {
+        "charlm": [{"train": {"chars_per_s": 150.0}, "peak_rss_mb": 10.0}] * 3,
+        "pytorch": [{"train": {"chars_per_s": 100.0}, "peak_rss_mb": 20.0}] * 3,
+    }
+    judged = compare.summarize(series, runs)
+    assert judged["ratio"] == 1.5 and judged["met"] is True
+    unjudged = compare.summarize(series, runs, goal_applies=False)
+    assert unjudged["ratio"] == 1.5 and unjudged["met"] is None
+    assert compare.yes_no(unjudged["met"]) == "—"
