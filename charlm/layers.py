@@ -370,8 +370,7 @@ class LSTM(Recurrent):
         for end in range(T, 0, -span):
             start = max(0, end - span)
             steps = slice(start, end)
-            # (C[t] holds c<t-1> of step t)
-            self._step_factors(G[steps], G4[steps], C[steps], TC[steps], K[steps], dG[steps], P4[steps])
+            self._step_factors(G[steps], C[steps], TC[steps], K[steps], dG[steps])  # C[t] holds c<t-1> of step t
             for t in range(end - 1, start - 1, -1):
                 np.add(da, grad_out[t], out=da)
                 np.multiply(da, K[t], out=tmp)
@@ -384,9 +383,9 @@ class LSTM(Recurrent):
         return (da, dc)
 
     @staticmethod
-    def _step_factors(G, G4, C_prev, TC, K, dG, P4) -> None:
-        """The step-independent factors of the backward pass for a span of steps,
-        vectorized over the span (G, TC, K, dG: (S, B, ·); G4, P4: (S, B, 4, H)):
+    def _step_factors(G, C_prev, TC, K, dG) -> None:
+        """The step-independent factors of the backward pass for a span of S steps,
+        vectorized over the span (G, dG: (S, B, 4H); C_prev, TC, K: (S, B, H)), into dG and K:
 
             P_i = c̃ ∗ Γu(1 − Γu)      P_f = c<t-1> ∗ Γf(1 − Γf)
             P_g = Γu ∗ (1 − c̃²)       P_o = tanh c<t> ∗ Γo(1 − Γo)
@@ -394,6 +393,8 @@ class LSTM(Recurrent):
 
         so that in the loop δz_{i,f,g} = δc ∗ P_{i,f,g} and δz_o = δa ∗ P_o.
         """
+        S, B, H = TC.shape
+        G4, P4 = G.reshape(S, B, 4, H), dG.reshape(S, B, 4, H)  # views: blocks i, f, g, o
         one = G.dtype.type(1.0)
         np.multiply(G, G, out=dG)
         np.subtract(G, dG, out=dG)  # s(1 − s) (wrong for the g block, fixed next)
