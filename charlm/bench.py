@@ -160,7 +160,7 @@ def run(cfg: BenchConfig, train: bool = True, sample: bool = True) -> dict:
     result: dict = {
         "tool": "charlm",
         "config": asdict(cfg),
-        "params": sum(int(np.prod(s)) for s in CharModel.param_shapes(mcfg).values()),
+        "params": CharModel.count_params(mcfg),
         "machine": {
             "nproc": os.cpu_count(),
             "cpu": platform.processor() or platform.machine(),

@@ -241,11 +241,8 @@ def train(
         raise UsageError(f"--forget-bias must be between -10 and 10 (got {forget_bias:g}).")
     if forget_bias != 0.0 and cell in ("gru", "rnn"):
         raise UsageError(f"--forget-bias is for the LSTM's forget gate; a {cell} cell has none. Drop the option.")
-    if resume is None and threads > batch_size:  # a resumed run keeps its own batch size
-        raise UsageError(
-            f"--threads {threads} is more than --batch-size {batch_size}: each block needs a row of its own. "
-            "Give at most the batch size, or 0 for one block per core."
-        )
+    if resume is None:  # a resumed run keeps its own batch size
+        _check_threads(threads, batch_size)
     path, stem = resolve(corpus)
     if resume is not None:
         trainer = _resume(ctx, resume, name, out_dir, path)
@@ -294,6 +291,15 @@ def train(
     )
     summary = trainer.run()
     _report_training(summary, corpus)
+
+
+def _check_threads(threads: int, batch_size: int) -> None:
+    """Row blocks run in parallel, each at least one row of the batch."""
+    if threads > batch_size:
+        raise UsageError(
+            f"--threads {threads} is more than --batch-size {batch_size}: each block needs a row of its own. "
+            "Give at most the batch size, or 0 for one block per core."
+        )
 
 
 def _resume(ctx: typer.Context, resume: str, name: str | None, out_dir: Path, path: Path):
@@ -815,11 +821,7 @@ def bench(
 
     if cell not in CELLS:
         raise UsageError(f"unknown cell {cell!r}; choose one of: {', '.join(CELLS)}.")
-    if threads > batch:
-        raise UsageError(
-            f"--threads {threads} is more than --batch-size {batch}: each block needs a row of its own. "
-            "Give at most the batch size, or 0 for one block per core."
-        )
+    _check_threads(threads, batch)
     cfg = BenchConfig(cell, layers, hidden, embed, batch, seq_len, vocab, windows, window_seconds, threads=threads)
     if not as_json:
         err.print(f"measuring {layers}×{hidden} {cell.upper()}, batch {batch} × {seq_len} steps …")

@@ -76,7 +76,7 @@ class CharModel:
         self.config = config
         self.dtype = np.dtype(dtype)
         self.shapes = self.param_shapes(config)
-        total = sum(int(np.prod(s)) for s in self.shapes.values())
+        total = self.count_params(config)
         # every parameter, contiguous
         for given in (flat, grad_flat):
             if given is not None and (given.shape != (total,) or given.dtype != self.dtype):
@@ -122,6 +122,11 @@ class CharModel:
         shapes["decoder.weight"] = (V, H)
         shapes["decoder.bias"] = (V,)
         return shapes
+
+    @staticmethod
+    def count_params(config: ModelConfig) -> int:
+        """How many numbers the parameters of a model of this config hold."""
+        return sum(int(np.prod(s)) for s in CharModel.param_shapes(config).values())
 
     @property
     def num_params(self) -> int:

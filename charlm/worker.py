@@ -33,7 +33,7 @@ def serve(inp, out) -> None:
     init = json.loads(inp.readline())
     config = ModelConfig.from_dict(init["config"])
     dtype = np.dtype(init["dtype"])
-    P = sum(int(np.prod(s)) for s in CharModel.param_shapes(config).values())
+    P = CharModel.count_params(config)
     params, grad = map_file(init["params"]), map_file(init["grad"])
     model = CharModel(config, dtype, flat=np.frombuffer(params, dtype, P), grad_flat=np.frombuffer(grad, dtype, P))
     _answer(out, ok=True)
