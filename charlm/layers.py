@@ -22,8 +22,9 @@ at H 256 B 16, 1.07× at H 512 B 32, medians of 15 interleaved rounds).
 
 A layer owns references to its parameter and gradient arrays (views into the
 model's flat buffers) and a workspace of preallocated arrays per (T, B) shape.
-``forward`` fills the workspace; ``backward`` reads it, so the pair must run
-back to back on the same chunk. Nothing is allocated inside the time loop.
+``forward`` fills the workspace; ``backward`` reads it (and may overwrite the
+gate values with their gradients), so the pair must run back to back on the
+same chunk, one backward per forward. Nothing is allocated inside the time loop.
 """
 
 from __future__ import annotations
@@ -105,10 +106,14 @@ class Recurrent(ABC):
 
     gates: ClassVar[int] = 1
     state_names: ClassVar[tuple[str, ...]] = ("a",)
+    # True when backward writes ∂L/∂pre-activations over the forward's gate
+    # values (ws["dpre"] is ws["pre"]): one (T, B, G·H) array fewer per layer.
+    grad_over_gates: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         self._ws = _Workspace()
         self._last_ws: dict[str, np.ndarray] | None = None
+        self._forward_pending = False  # a forward pass has filled _last_ws and no backward has read it
 
     @property
     def dtype(self) -> np.dtype:
@@ -164,7 +169,9 @@ class Recurrent(ABC):
         ∂L/∂(initial state)).
         """
         ws = self._last_ws
-        assert ws is not None, "backward without forward"
+        if ws is None or not self._forward_pending:
+            raise RuntimeError("backward needs a forward pass of its own (one backward per forward)")
+        self._forward_pending = False  # the gate values may now be overwritten (grad_over_gates)
         T, B, _ = grad_out.shape
         grad_init = self._recur_backward(ws, grad_out, grad_state)
         dpre = ws["dpre"].reshape(T * B, -1)  # (T·B, G·H) ∂L/∂(pre-activations)
@@ -226,9 +233,10 @@ class Recurrent(ABC):
     def _workspace(self, T: int, B: int) -> dict[str, np.ndarray]:
         def make() -> dict[str, np.ndarray]:
             GH, H, dt = self.gates * self.hidden_size, self.hidden_size, self.dtype
+            pre = np.empty((T, B, GH), dt)  # pre-activations, then gate values
             ws = {
-                "pre": np.empty((T, B, GH), dt),  # pre-activations, then gate values
-                "dpre": np.empty((T, B, GH), dt),  # ∂L/∂pre-activations
+                "pre": pre,
+                "dpre": pre if self.grad_over_gates else np.empty((T, B, GH), dt),  # ∂L/∂pre-activations
                 "a": np.empty((T + 1, B, H), dt),  # a<0..T>
                 "z": np.empty((B, GH), dt),  # recurrent projection of one step
                 "h1": np.empty((B, H), dt),  # step scratch
@@ -242,6 +250,7 @@ class Recurrent(ABC):
 
         ws = self._ws.get((T, B), make)
         self._last_ws = ws
+        self._forward_pending = True
         return ws
 
 
@@ -275,13 +284,16 @@ class LSTM(Recurrent):
     The factors of δa and δc there are computed vectorized, a span of some
     steps at a time just before the loop reaches them, so that the loop finds
     them in the core's cache (1.07–1.08× the backward loop at H 256 B 16 against
-    one pass over the whole chunk, 25 interleaved rounds).
+    one pass over the whole chunk, 25 interleaved rounds). Step t's δz is
+    written over its gate values, which nothing reads after that step.
 
-    Memory: the workspace holds 2·(T, B, 4H) + 4·(T, B, H) floats.
+    Memory: the workspace holds (T, B, 4H) + 4·(T, B, H) floats, and a span's
+    factors.
     """
 
     gates = 4
     state_names = ("a", "c")
+    grad_over_gates = True
 
     def _extra_buffers(self, T: int, B: int) -> dict[str, np.ndarray]:
         H, dt = self.hidden_size, self.dtype
@@ -289,7 +301,6 @@ class LSTM(Recurrent):
         return {
             "c": np.empty((T + 1, B, H), dt),  # c<0..T>
             "tanh_c": np.empty((T, B, H), dt),  # tanh c<1..T>
-            "k": np.empty((T, B, H), dt),  # Γo ∗ (1 − tanh² c<t>), backward only
             "numerator": -scale,  # (4H,) −s: 1 for i, f, o and 2 for g
             "w_scaled_t": np.empty((H, 4 * H), dt),  # (s ∗ W_hh)ᵀ, contiguous (see Recurrent)
         }
@@ -353,39 +364,51 @@ class LSTM(Recurrent):
         return a
 
     def _recur_backward(self, ws, grad_out, grad_state):
-        G, C, TC, K, dG = ws["pre"], ws["c"], ws["tanh_c"], ws["k"], ws["dpre"]
+        G, C, TC = ws["pre"], ws["c"], ws["tanh_c"]
         T, B, _ = G.shape
         H = self.hidden_size
-        G4 = G.reshape(T, B, 4, H)  # gate values, blocks i, f, g, o
-        P4 = dG.reshape(T, B, 4, H)
+        G4 = G.reshape(T, B, 4, H)  # gate values, blocks i, f, g, o; step t's become its δz
+        span = min(T, _steps_per_span(B * (11 * H) * G.itemsize))  # a step touches G, P (4H each), C, tanh C, K
+        P, K = self._span_buffers(ws, span, B)  # (S, B, 4H) and (S, B, H) factors of one span
+        P4 = P.reshape(span, B, 4, H)
         da = np.zeros((B, H), self.dtype)  # ∂L/∂a<t>, recurrent part
         dc = np.zeros((B, H), self.dtype)  # ∂L/∂c<t>
+        dc_prev = np.empty((B, H), self.dtype)  # ∂L/∂c<t-1>
         if grad_state is not None:
             da += grad_state[0]
             dc += grad_state[1]
         tmp = ws["h1"]
-        dc_b = dc[:, None, :]  # (B, 1, H) broadcast over the i, f, g blocks
         w_hh = self.w_hh
-        span = _steps_per_span(B * (11 * H) * G.itemsize)  # a step touches G, dG (4H each), C, tanh C, K
         for end in range(T, 0, -span):
             start = max(0, end - span)
-            steps = slice(start, end)
-            self._step_factors(G[steps], C[steps], TC[steps], K[steps], dG[steps])  # C[t] holds c<t-1> of step t
+            n = end - start
+            self._step_factors(G[start:end], C[start:end], TC[start:end], K[:n], P[:n])  # C[t] holds c<t-1> of step t
             for t in range(end - 1, start - 1, -1):
+                j, g = t - start, G4[t]
                 np.add(da, grad_out[t], out=da)
-                np.multiply(da, K[t], out=tmp)
+                np.multiply(da, K[j], out=tmp)
                 np.add(dc, tmp, out=dc)  # δc<t>
-                p = P4[t]
-                np.multiply(p[:, 3], da, out=p[:, 3])  # δz_o
-                np.multiply(p[:, :3], dc_b, out=p[:, :3])  # δz_i, δz_f, δz_g
-                np.multiply(dc, G4[t, :, 1], out=dc)  # ∂L/∂c<t-1> = δc ∗ Γf
-                np.matmul(dG[t], w_hh, out=da)  # ∂L/∂a<t-1> = δz @ W_hh
+                np.multiply(dc, g[:, 1], out=dc_prev)  # ∂L/∂c<t-1> = δc ∗ Γf, before Γf is overwritten
+                np.multiply(P4[j, :, 3], da, out=g[:, 3])  # δz_o
+                np.multiply(P4[j, :, :3], dc[:, None, :], out=g[:, :3])  # δz_i, δz_f, δz_g
+                dc, dc_prev = dc_prev, dc
+                np.matmul(G[t], w_hh, out=da)  # ∂L/∂a<t-1> = δz @ W_hh
         return (da, dc)
 
     @staticmethod
-    def _step_factors(G, C_prev, TC, K, dG) -> None:
+    def _span_buffers(ws, span: int, B: int) -> tuple[np.ndarray, np.ndarray]:
+        """The (span, B, 4H) and (span, B, H) arrays for one span's backward factors."""
+        P = ws.get("p_span")
+        if P is None or P.shape[0] < span:
+            H4 = ws["pre"].shape[-1]
+            P = ws["p_span"] = np.empty((span, B, H4), ws["pre"].dtype)
+            ws["k_span"] = np.empty((span, B, H4 // 4), ws["pre"].dtype)
+        return P[:span], ws["k_span"][:span]
+
+    @staticmethod
+    def _step_factors(G, C_prev, TC, K, P) -> None:
         """The step-independent factors of the backward pass for a span of S steps,
-        vectorized over the span (G, dG: (S, B, 4H); C_prev, TC, K: (S, B, H)), into dG and K:
+        vectorized over the span (G, P: (S, B, 4H); C_prev, TC, K: (S, B, H)), into P and K:
 
             P_i = c̃ ∗ Γu(1 − Γu)      P_f = c<t-1> ∗ Γf(1 − Γf)
             P_g = Γu ∗ (1 − c̃²)       P_o = tanh c<t> ∗ Γo(1 − Γo)
@@ -394,10 +417,10 @@ class LSTM(Recurrent):
         so that in the loop δz_{i,f,g} = δc ∗ P_{i,f,g} and δz_o = δa ∗ P_o.
         """
         S, B, H = TC.shape
-        G4, P4 = G.reshape(S, B, 4, H), dG.reshape(S, B, 4, H)  # views: blocks i, f, g, o
+        G4, P4 = G.reshape(S, B, 4, H), P.reshape(S, B, 4, H)  # views: blocks i, f, g, o
         one = G.dtype.type(1.0)
-        np.multiply(G, G, out=dG)
-        np.subtract(G, dG, out=dG)  # s(1 − s) (wrong for the g block, fixed next)
+        np.multiply(G, G, out=P)
+        np.subtract(G, P, out=P)  # s(1 − s) (wrong for the g block, fixed next)
         Pg, Sg = P4[:, :, 2], G4[:, :, 2]
         np.multiply(Sg, Sg, out=Pg)
         np.subtract(one, Pg, out=Pg)
@@ -432,11 +455,13 @@ class RNN(Recurrent):
         δz = δa ∗ (1 − a<t>²)           (1 − a<t>² for all T before the loop)
         ∂L/∂a<t-1> = δz @ W_hh
 
-    Memory: the workspace holds 2·(T, B, H) + (T + 1, B, H) floats and (H, H).
+    Memory: the workspace holds (T, B, H) + (T + 1, B, H) floats and (H, H); the
+    backward pass writes δz over the pre-activations.
     """
 
     gates = 1
     state_names = ("a",)
+    grad_over_gates = True
 
     def _extra_buffers(self, T: int, B: int) -> dict[str, np.ndarray]:
         H = self.hidden_size
