@@ -115,7 +115,7 @@ def train_throughput(cfg: BenchConfig) -> tuple[list[float], float]:
             if dt >= cfg.window_seconds and n >= 2:
                 break
         rates.append(n * T * B / dt)
-    workers_mb = stepper.peak_rss_mb() - peak_rss_mb()
+    workers_mb = stepper.workers_peak_rss_mb()
     stepper.close()
     return rates, workers_mb
 

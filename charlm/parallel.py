@@ -455,10 +455,13 @@ class DataParallel:
                 procs.append(self._procs[-1].proc)
         return self._procs
 
+    def workers_peak_rss_mb(self) -> float:
+        """The worker processes' peak resident memory, summed, in MB (as of their last answers)."""
+        return sum(w.peak_rss_kb for w in self._procs) / 1024.0
+
     def peak_rss_mb(self) -> float:
         """Peak resident memory of this process plus that of each worker, in MB."""
-        own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return (own + sum(w.peak_rss_kb for w in self._procs)) / 1024.0
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0 + self.workers_peak_rss_mb()
 
     def close(self) -> None:
         """Stop the worker processes and the thread; a later step starts them again."""
