@@ -287,8 +287,8 @@ class LSTM(Recurrent):
     one pass over the whole chunk, 25 interleaved rounds). Step t's δz is
     written over its gate values, which nothing reads after that step.
 
-    Memory: the workspace holds (T, B, 4H) + 4·(T, B, H) floats, and a span's
-    factors.
+    Memory: the workspace holds (T, B, 4H) + 3·(T, B, H) floats (gates, then
+    their gradients; a<t>, c<t>, tanh c<t>), and one span's factors.
     """
 
     gates = 4
@@ -369,7 +369,7 @@ class LSTM(Recurrent):
         H = self.hidden_size
         G4 = G.reshape(T, B, 4, H)  # gate values, blocks i, f, g, o; step t's become its δz
         span = min(T, _steps_per_span(B * (11 * H) * G.itemsize))  # a step touches G, P (4H each), C, tanh C, K
-        P, K = self._span_buffers(ws, span, B)  # (S, B, 4H) and (S, B, H) factors of one span
+        P, K = self._span_buffers(ws, span)  # (S, B, 4H) and (S, B, H) factors of one span
         P4 = P.reshape(span, B, 4, H)
         da = np.zeros((B, H), self.dtype)  # ∂L/∂a<t>, recurrent part
         dc = np.zeros((B, H), self.dtype)  # ∂L/∂c<t>
@@ -396,11 +396,12 @@ class LSTM(Recurrent):
         return (da, dc)
 
     @staticmethod
-    def _span_buffers(ws, span: int, B: int) -> tuple[np.ndarray, np.ndarray]:
-        """The (span, B, 4H) and (span, B, H) arrays for one span's backward factors."""
+    def _span_buffers(ws, span: int) -> tuple[np.ndarray, np.ndarray]:
+        """The (span, B, 4H) and (span, B, H) arrays for one span's backward factors,
+        made at the first backward pass of the workspace (or of a longer span)."""
         P = ws.get("p_span")
         if P is None or P.shape[0] < span:
-            H4 = ws["pre"].shape[-1]
+            _, B, H4 = ws["pre"].shape
             P = ws["p_span"] = np.empty((span, B, H4), ws["pre"].dtype)
             ws["k_span"] = np.empty((span, B, H4 // 4), ws["pre"].dtype)
         return P[:span], ws["k_span"][:span]
