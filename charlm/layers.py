@@ -476,7 +476,7 @@ class RNN(Recurrent):
         P, A, z = ws["pre"], ws["a"], ws["z"]
         T, B, _ = P.shape
         _state_shape_check(a0, B, self.hidden_size)
-        w_t = np.multiply(self.w_hh.T, -2.0, out=ws["w_scaled_t"])  # (H, H)
+        w_t = np.multiply(self.w_hh.T, ws["scale"], out=ws["w_scaled_t"])  # −2 W_hhᵀ, (H, H)
         one, two = P.dtype.type(1.0), P.dtype.type(2.0)
         A[0] = a0
         with np.errstate(over="ignore", under="ignore"):
@@ -578,8 +578,9 @@ class GRU(Recurrent):
         T, B, _ = G.shape
         H = self.hidden_size
         _state_shape_check(a0, B, H)
-        w_ru = np.multiply(self.w_hh[: 2 * H].T, -1.0, out=ws["w_ru_t"])  # (H, 2H)
-        w_c = np.multiply(self.w_hh[2 * H :].T, -2.0, out=ws["w_c_t"])  # (H, H)
+        scale = ws["scale"]  # −1 for r, u; −2 for c̃
+        w_ru = np.multiply(self.w_hh[: 2 * H].T, scale[: 2 * H], out=ws["w_ru_t"])  # (H, 2H)
+        w_c = np.multiply(self.w_hh[2 * H :].T, scale[2 * H :], out=ws["w_c_t"])  # (H, H)
         z_ru, z_c, tmp = ws["z_ru"], ws["h1"], ws["h2"]
         one, two = G.dtype.type(1.0), G.dtype.type(2.0)
         A[0] = a0
