@@ -14,11 +14,9 @@ operations and a checkpoint maps one-to-one onto a PyTorch state dict.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
-
 import numpy as np
 
+from charlm.config import ModelConfig
 from charlm.layers import (
     GRU,
     LSTM,
@@ -30,27 +28,6 @@ from charlm.layers import (
 )
 
 CELLS: dict[str, type[Recurrent]] = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Everything needed to rebuild the network; stored in every checkpoint."""
-
-    vocab_size: int  # V: distinct characters
-    cell: str = "lstm"  # recurrent cell: lstm, gru or rnn
-    embed: int = 64  # E: embedding width
-    hidden: int = 256  # H: hidden units per recurrent layer
-    layers: int = 2  # N: stacked recurrent layers
-    dropout: float = 0.0  # inverted-dropout probability between layers and before the decoder
-    forget_bias: float = 0.0  # initial LSTM forget-gate bias b_f (init only; ignored by GRU/RNN)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ModelConfig:
-        # checkpoints written before forget_bias was a setting were initialised with 1
-        return cls(**{"forget_bias": 1.0, **d})
 
 
 State = list[tuple[np.ndarray, ...]]  # one tuple of (B, H) arrays per layer

@@ -36,31 +36,14 @@ from pathlib import Path
 import numpy as np
 
 from charlm import checkpoint
+from charlm.config import ModelConfig, TrainConfig
 from charlm.data import BatchStream
 from charlm.errors import CharlmError, CheckpointError, CorpusError, UsageError
 from charlm.evaluate import score_ids
-from charlm.model import CharModel, ModelConfig
+from charlm.model import CharModel
 from charlm.optim import Adam, clip_grad_norm_, learning_rate
 from charlm.parallel import DataParallel, default_workers
 from charlm.vocab import Vocab
-
-
-@dataclass
-class TrainConfig:
-    batch_size: int = 32  # B: parallel streams per batch
-    seq_len: int = 64  # T: steps of back-propagation through time
-    lr: float = 3e-3  # peak Adam learning rate
-    clip: float = 5.0  # maximum global gradient norm
-    val_frac: float = 0.1  # held-out tail of the corpus
-    val_chars: int = 500_000  # validate on at most this many held-out characters (0: all of them)
-    eval_every: int = 200  # steps between validations
-    steps: int | None = None  # budget: optimizer steps
-    epochs: float | None = None  # budget: passes over the training text
-    minutes: float | None = None  # budget: wall-clock minutes of training
-    seed: int = 0  # initialisation, dropout and everything random
-    warmup: int = 50  # steps of linear learning-rate warm-up
-    final_lr_frac: float = 0.1  # learning rate at the end, as a fraction of lr
-    threads: int = 0  # row blocks computed in parallel (0: one per core, see charlm.parallel)
 
 
 class Callbacks:

@@ -1,0 +1,370 @@
+"""``charlm sample``, ``perplexity`` and ``score``: a checkpoint in, text or numbers out."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from charlm.cli.common import (
+    CHECKPOINT_HELP,
+    CheckpointOption,
+    ModelOption,
+    app,
+    checkpoint_path,
+    err,
+    out,
+    user_errors,
+)
+from charlm.errors import CharlmError, UsageError
+
+# --------------------------------------------------------------------------- #
+# sample
+# --------------------------------------------------------------------------- #
+
+
+@app.command()
+@user_errors
+def sample(
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint",
+            "-c",
+            help=CHECKPOINT_HELP + ", or with no runs the shipped Shakespeare model.",
+        ),
+    ] = None,
+    model_name: ModelOption = None,
+    length: Annotated[
+        int, typer.Option("--length", "-n", help="Characters to generate per sample, not counting the prime; ≥ 0.")
+    ] = 200,
+    temperature: Annotated[
+        float,
+        typer.Option(
+            "--temperature",
+            "-t",
+            help="Divides the logits before the softmax, ≥ 0. Below 1 the text is safer and more repetitive, above 1 "
+            "wilder, with more invented words; 0 always takes the most likely character (greedy: the same text "
+            "every time, often stuck in a loop).",
+        ),
+    ] = 1.0,
+    top_k: Annotated[
+        int | None,
+        typer.Option(
+            "--top-k",
+            "-k",
+            help="Draw only from the K most likely characters, K ≥ 1: cuts off the rare characters that garble "
+            "words, whatever the context; 1 is greedy. Default: no cut.",
+        ),
+    ] = None,
+    top_p: Annotated[
+        float | None,
+        typer.Option(
+            "--top-p",
+            help="Nucleus sampling, P in (0, 1]: draw only from the smallest set of most likely characters whose "
+            "probabilities add up to P. Cuts the unlikely tail where the model is sure and keeps the choice wide "
+            "where it is not; 0.9 is a common value, 1 keeps everything. Default: no cut.",
+        ),
+    ] = None,
+    prime: Annotated[
+        str, typer.Option("--prime", "-p", help="Text to start from; it is printed, then continued.")
+    ] = "",
+    prime_file: Annotated[
+        Path | None,
+        typer.Option("--prime-file", metavar="PATH", help="Start from the text of this file instead of --prime."),
+    ] = None,
+    unknown: Annotated[
+        str,
+        typer.Option(
+            "--unknown",
+            help="Prime characters the model has never seen: error (stop and list them) or skip (drop them, "
+            "with a notice on stderr; the prime is printed without them).",
+        ),
+    ] = "error",
+    seed: Annotated[
+        int | None, typer.Option(min=0, help="Random seed: the same seed gives the same text, byte for byte.")
+    ] = None,
+    num_samples: Annotated[
+        int,
+        typer.Option(
+            "--num-samples",
+            help="Independent samples, each starting again from the prime, ≥ 1. With more than one, each sample "
+            "is preceded by a line '--- sample K ---' and samples are separated by a blank line.",
+        ),
+    ] = 1,
+    stop: Annotated[
+        str | None,
+        typer.Option(
+            "--stop",
+            metavar="STRING",
+            help="End a sample early as soon as the generated text ends with STRING (printed too). "
+            "\\n, \\t, \\r and \\\\ are read as escapes: --stop '\\n\\n' stops at the first blank line.",
+        ),
+    ] = None,
+) -> None:
+    """Generate text from a trained model; the text streams to stdout as it is generated.
+
+    The controls compose, in this order: --temperature reshapes the distribution,
+    --top-k and then --top-p cut off its tail, and the next character is drawn
+    from what is left. Only the text goes to stdout (notices go to stderr), so
+    'charlm sample > out.txt' gives exactly the text.
+    """
+    from charlm.checkpoint import load
+    from charlm.sample import Sampler
+
+    _check_sampling(temperature, top_k, top_p, length, num_samples)
+    if unknown not in ("error", "skip"):
+        raise UsageError(f"--unknown must be 'error' or 'skip', not {unknown!r}.")
+    if stop is not None:
+        stop = _unescape(stop)
+        if not stop:
+            raise UsageError("--stop needs at least one character.")
+    if prime and prime_file is not None:
+        raise UsageError("give --prime or --prime-file, not both.")
+    label = "--prime"
+    if prime_file is not None:
+        prime, label = _read_prime(prime_file), f"--prime-file {prime_file}"
+    ckpt = load(checkpoint_path(checkpoint, model_name, fallback="shakespeare"))
+    vocab = ckpt.vocab
+    try:
+        enc = vocab.encode(prime, unknown=unknown)
+    except CharlmError as e:
+        raise CharlmError(f"{label}: {e}") from None
+    if enc.unknown:
+        prime = vocab.decode(enc.ids)
+        err.print(
+            f"notice: dropped {enc.unknown_count} character(s) of the prime that the model has never seen: "
+            f"{_listed(enc.unknown)}.",
+            markup=False,
+        )
+    if stop is not None and any(ch not in vocab for ch in stop):
+        missing = {ch: 1 for ch in stop if ch not in vocab}
+        err.print(
+            f"warning: --stop contains {_listed(missing)}, which the model never generates; "
+            "every sample runs to --length.",
+            markup=False,
+        )
+    sampler = Sampler(ckpt.build_model(), vocab, seed=seed)
+    stream = sys.stdout
+    flush_each = stream.isatty()
+    tail = ""  # the last two characters written: samples are separated by exactly one blank line
+    for k in range(num_samples):
+        if num_samples > 1:
+            gap = "" if k == 0 else "\n" * (2 - len(tail) + len(tail.rstrip("\n")))
+            stream.write(f"{gap}--- sample {k + 1} ---\n")
+        sampler.reset()
+        sampler.feed(enc.ids)
+        stream.write(prime)
+        tail = prime[-2:]
+        for ch in sampler.generate(length, temperature, top_k=top_k, top_p=top_p, stop=stop):
+            stream.write(ch)
+            tail = (tail + ch)[-2:]
+            if flush_each:
+                stream.flush()
+    if flush_each:
+        stream.write("\n")
+    stream.flush()
+
+
+def _check_sampling(temperature: float, top_k: int | None, top_p: float | None, length: int, num_samples: int) -> None:
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise UsageError(
+            f"--temperature must be a number ≥ 0 (got {temperature:g}). Use 1 for the model's own distribution, "
+            "0 for the most likely character."
+        )
+    if top_k is not None and top_k < 1:
+        raise UsageError(f"--top-k must be at least 1 (got {top_k}). Leave it out to keep every character.")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise UsageError(f"--top-p must be in (0, 1] (got {top_p:g}). Leave it out, or use 1, to keep every character.")
+    if length < 0:
+        raise UsageError(f"--length must be 0 or more (got {length}).")
+    if num_samples < 1:
+        raise UsageError(f"--num-samples must be at least 1 (got {num_samples}).")
+
+
+def _unescape(text: str) -> str:
+    """\\n, \\t, \\r and \\\\ in a command-line string → newline, tab, carriage return, backslash."""
+    escapes = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in escapes:
+            out.append(escapes[text[i + 1]])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def _read_prime(path: Path) -> str:
+    from charlm.data import read_text
+    from charlm.errors import CorpusError
+
+    if path.is_dir():
+        raise UsageError(f"--prime-file {path}: is a folder. Give the path of a text file.")
+    if not path.is_file():
+        raise UsageError(f"--prime-file {path}: no such file. Give the path of a text file.")
+    try:
+        return read_text(path)
+    except CorpusError as e:
+        raise UsageError(f"--prime-file {e}") from None
+
+
+def _listed(chars) -> str:
+    """Characters for a message: 'x', '\\n', U+00A0 (ten at most)."""
+    from charlm.vocab import describe_char
+
+    names = [describe_char(c) for c in list(chars)[:10]]
+    return ", ".join(names) + ("" if len(chars) <= 10 else f" and {len(chars) - 10} more")
+
+
+# --------------------------------------------------------------------------- #
+# perplexity
+# --------------------------------------------------------------------------- #
+
+
+@app.command()
+@user_errors
+def perplexity(
+    file: Annotated[
+        str, typer.Argument(help="Text file to score, a shipped corpus name (its whole text), or - for standard input.")
+    ],
+    checkpoint: CheckpointOption = None,
+    model_name: ModelOption = None,
+    encoding: Annotated[str, typer.Option(help="Text encoding of the file.")] = "utf-8",
+    errors: Annotated[str, typer.Option(help="Undecodable bytes: strict or replace.")] = "strict",
+    show: Annotated[
+        bool,
+        typer.Option(
+            "--show",
+            help="Also print the text with each character coloured by its surprisal −log₂ p (in bits; a legend "
+            "follows the text) and list the most surprising spans, to see what the model finds hard.",
+        ),
+    ] = False,
+    spans: Annotated[int, typer.Option("--spans", help="With --show: how many surprising spans to list, ≥ 0.")] = 5,
+    span_width: Annotated[
+        int, typer.Option("--span-width", help="With --show: characters per surprising span, ≥ 1.")
+    ] = 12,
+) -> None:
+    """How well the model predicts a text: nats/char, bits/char and perplexity.
+
+    Characters the model has never seen are left out (neither scored nor fed to
+    the model); their count is reported. Colour is off when NO_COLOR is set or
+    stdout is not a terminal; the span list is printed either way.
+    """
+    from charlm.checkpoint import load
+    from charlm.corpora import resolve
+    from charlm.data import encode_stream, iter_text
+    from charlm.evaluate import score_ids, surprising_spans, text_surprisal
+    from charlm.report import perplexity_text
+
+    if spans < 0:
+        raise UsageError(f"--spans must be 0 or more (got {spans}).")
+    if span_width < 1:
+        raise UsageError(f"--span-width must be at least 1 (got {span_width}).")
+    ckpt = load(checkpoint_path(checkpoint, model_name))
+    source, label = (sys.stdin.buffer, "standard input") if file == "-" else (resolve(file)[0], file)
+    if show:  # the heat map needs the text itself
+        text = "".join(iter_text(source, label, encoding, errors))
+        enc = ckpt.vocab.encode(text, unknown="skip")
+    else:  # streamed, never held as a string; a long text is spooled to a temporary file
+        enc = encode_stream(source, ckpt.vocab, label, encoding, errors, progress=sys.stderr.isatty())
+    if len(enc.ids) < 2:
+        raise CharlmError("the text has fewer than two characters the model knows; nothing to score.")
+    if show:
+        from charlm.report import heatmap, legend, span_lines
+
+        nats, score = text_surprisal(ckpt.build_model(), ckpt.vocab, text)
+        if out.is_terminal:  # coloured (under NO_COLOR only bold and reverse video mark the top bins)
+            out.print(heatmap(text, nats), end="" if text.endswith("\n") else "\n")
+        else:  # a file or a pipe gets the text exactly
+            out.file.write(text if text.endswith("\n") else text + "\n")
+        out.print(legend())
+        if spans:
+            out.print(span_lines(text, surprising_spans(nats, span_width, spans), span_width))
+        out.print()
+    else:
+        score = score_ids(ckpt.build_model(), enc.ids, unknown=enc.unknown_count)
+    out.print(f"nats/char   {score.nats_per_char:.4f}")
+    out.print(f"bits/char   {score.bits_per_char:.4f}")
+    out.print(f"perplexity  {perplexity_text(score.nats_per_char, 4)}")
+    out.print(f"scored      {score.chars:,} characters")
+    out.print(f"unknown     {score.unknown:,} characters skipped (not in the model's vocabulary)")
+
+
+# --------------------------------------------------------------------------- #
+# score
+# --------------------------------------------------------------------------- #
+
+
+@app.command()
+@user_errors
+def score(
+    sentences: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="SENTENCE", help="Sentences to score; quote each one.", show_default=False),
+    ] = None,
+    file: Annotated[
+        str | None,
+        typer.Option(
+            "--file", "-f", metavar="PATH", help="Also score every non-blank line of this file (- for standard input)."
+        ),
+    ] = None,
+    checkpoint: CheckpointOption = None,
+    model_name: ModelOption = None,
+    unknown: Annotated[
+        str,
+        typer.Option(
+            "--unknown",
+            help="Characters the model has never seen: error (stop and list them) or skip (leave them out, "
+            "neither scored nor fed, with a notice on stderr).",
+        ),
+    ] = "error",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print a JSON list, most likely first, instead of a table.")
+    ] = False,
+) -> None:
+    """Log-probability of each sentence under the model, most likely first.
+
+    Each sentence is scored on its own as if it started a new line: the model is
+    first fed a newline (when its vocabulary has one), then every character of
+    the sentence is scored, ln P(sentence) = Σ ln P(next character | the ones
+    before). The table gives ln P in nats, nats/char, bits/char and P as a power
+    of ten. The seeds' speech-recognition example:
+    charlm score "The apple and pear salad." "The apple and pair salad."
+    """
+    from charlm.checkpoint import load
+    from charlm.data import decode_bytes, read_text
+    from charlm.evaluate import score_sentences
+    from charlm.report import score_json, score_table
+
+    if unknown not in ("error", "skip"):
+        raise UsageError(f"--unknown must be 'error' or 'skip', not {unknown!r}.")
+    texts = list(sentences or [])
+    for i, sentence in enumerate(texts, 1):
+        if not sentence:
+            raise UsageError(f"sentence {i} is empty. Give at least one character, or leave it out.")
+    if file is not None:
+        if file != "-" and not Path(file).is_file():
+            what = "is a folder" if Path(file).is_dir() else "no such file"
+            raise UsageError(f"--file {file}: {what}. Give a text file with one sentence per line.")
+        text = decode_bytes(sys.stdin.buffer.read(), "standard input") if file == "-" else read_text(Path(file))
+        texts += [line.removesuffix("\r") for line in text.split("\n") if line.strip()]
+    if not texts:
+        raise UsageError("nothing to score. Give one or more sentences, or --file PATH with one sentence per line.")
+    ckpt = load(checkpoint_path(checkpoint, model_name))
+    scores = score_sentences(ckpt.build_model(), ckpt.vocab, texts, unknown=unknown)
+    skipped = sum(s.unknown for s in scores)
+    if skipped:
+        err.print(
+            f"notice: left out {skipped} character(s) the model has never seen (neither scored nor fed).", markup=False
+        )
+    order = sorted(range(len(scores)), key=lambda i: scores[i].nats)
+    ranked = [scores[i] for i in order]
+    if as_json:
+        sys.stdout.write(score_json(ranked, [i + 1 for i in order]) + "\n")
+    else:
+        out.print(score_table(ranked))

@@ -1,0 +1,166 @@
+"""``charlm corpora``, ``info``, ``export``, ``runs`` and ``bench``: what is here, and how fast it runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from charlm.cli.common import app, check_threads, err, out, user_errors
+from charlm.errors import CharlmError, UsageError
+
+# --------------------------------------------------------------------------- #
+# corpora
+# --------------------------------------------------------------------------- #
+
+
+@app.command()
+@user_errors
+def corpora() -> None:
+    """List the corpora shipped with charlm."""
+    from rich.table import Table
+
+    from charlm.corpora import shipped
+
+    table = Table(title="Shipped corpora (use the name in place of a file)")
+    for col in ("name", "size", "characters", "distinct", "source", "path"):
+        table.add_column(col, justify="right" if col in ("size", "characters", "distinct") else "left")
+    for c in shipped():
+        if not c.path.is_file():
+            table.add_row(c.name, "missing", "", "", c.description, str(c.path))
+            continue
+        text = c.path.read_text(encoding="utf-8")
+        table.add_row(
+            c.name,
+            f"{c.path.stat().st_size / 1e6:.2f} MB",
+            f"{len(text):,}",
+            str(len(set(text))),
+            c.description,
+            str(c.path),
+        )
+    out.print(table)
+
+
+# --------------------------------------------------------------------------- #
+# bench
+# --------------------------------------------------------------------------- #
+
+
+@app.command()
+@user_errors
+def info(
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="A checkpoint file, a run folder (its best checkpoint) or a shipped model name (shakespeare, news).",
+            show_default=False,
+        ),
+    ],
+) -> None:
+    """Show a checkpoint's model, training and validation-loss curve (reads the header only)."""
+    from charlm.corpora import resolve_model
+    from charlm.report import info_table
+    from charlm.runinfo import describe
+
+    out.print(info_table(describe(resolve_model(target))))
+
+
+@app.command()
+@user_errors
+def export(
+    source: Annotated[
+        Path, typer.Argument(help="A checkpoint file or a run folder (its best checkpoint).", show_default=False)
+    ],
+    destination: Annotated[Path, typer.Argument(help="The .safetensors file to write.", show_default=False)],
+    half: Annotated[
+        bool, typer.Option("--half", help="Store the weights as float16: half the size, loaded as float32.")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace DESTINATION if it exists.")] = False,
+) -> None:
+    """Write a model file for sharing: weights, config, vocabulary and training history only."""
+    from charlm.checkpoint import export as export_checkpoint
+    from charlm.runs import checkpoint_in
+
+    if destination.exists() and not force:
+        raise UsageError(f"{destination} exists; choose another name or pass --force to replace it.")
+    if not destination.parent.is_dir():
+        raise UsageError(f"{destination.parent}: no such folder.")
+    export_checkpoint(checkpoint_in(source), destination, half=half)
+    out.print(f"wrote {destination} ({destination.stat().st_size / 1e6:.1f} MB)")
+
+
+@app.command()
+@user_errors
+def runs(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder that holds the run folders.")] = Path("runs"),
+) -> None:
+    """List the runs under ./runs with their best validation loss and age."""
+    from charlm.report import runs_table
+    from charlm.runinfo import list_runs
+
+    found = list_runs(out_dir)
+    if not found:
+        raise CharlmError(f"no runs with a checkpoint under {out_dir}. Train one: charlm train shakespeare")
+    out.print(runs_table(found))
+
+
+@app.command()
+@user_errors
+def bench(
+    cell: Annotated[str, typer.Option(help="Recurrent cell to measure: lstm, gru or rnn.")] = "lstm",
+    layers: Annotated[int, typer.Option(min=1, max=16, help="Stacked recurrent layers.")] = 2,
+    hidden: Annotated[int, typer.Option(min=1, max=8192, help="Hidden units per layer (H).")] = 256,
+    embed: Annotated[int, typer.Option(min=1, max=8192, help="Embedding width (E).")] = 64,
+    batch: Annotated[int, typer.Option("--batch-size", "--batch", min=1, help="Batch rows (B) for training.")] = 32,
+    seq_len: Annotated[int, typer.Option(min=1, help="Steps per chunk (T) for training.")] = 64,
+    vocab: Annotated[int, typer.Option(min=2, max=65536, help="Vocabulary size of the synthetic data.")] = 65,
+    windows: Annotated[int, typer.Option(min=1, max=100, help="Timed training windows; the median is reported.")] = 5,
+    window_seconds: Annotated[float, typer.Option(min=0.01, help="Minimum seconds per training window.")] = 2.0,
+    threads: Annotated[
+        int,
+        typer.Option(
+            min=0, max=256, help="Row blocks trained in parallel; 0 = one per CPU core, as 'charlm train' does."
+        ),
+    ] = 0,
+    train: Annotated[bool, typer.Option("--train/--no-train", help="Measure training throughput.")] = True,
+    sample: Annotated[bool, typer.Option("--sample/--no-sample", help="Measure sampling throughput.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+) -> None:
+    """Measure training and sampling throughput (characters per second) on synthetic data."""
+    import json
+
+    from charlm.bench import BenchConfig, run
+    from charlm.model import CELLS
+
+    if cell not in CELLS:
+        raise UsageError(f"unknown cell {cell!r}; choose one of: {', '.join(CELLS)}.")
+    check_threads(threads, batch)
+    cfg = BenchConfig(cell, layers, hidden, embed, batch, seq_len, vocab, windows, window_seconds, threads=threads)
+    if not as_json:
+        err.print(f"measuring {layers}×{hidden} {cell.upper()}, batch {batch} × {seq_len} steps …")
+    result = run(cfg, train=train, sample=sample)
+    if as_json:
+        out.print_json(json.dumps(result))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"charlm bench: {layers}×{hidden} {cell.upper()}, E={embed}, V={vocab}")
+    for col in ("measure", "chars/s (median)", "min–max", "GFLOP/s", "of GEMM peak"):
+        table.add_column(col, justify="left" if col == "measure" else "right")
+    for key, label in (("train", f"training, batch {batch} × {seq_len}"), ("sample", "sampling, batch 1")):
+        if key in result:
+            r = result[key]
+            table.add_row(
+                label,
+                f"{r['chars_per_s']:,.0f}",
+                f"{min(r['windows']):,.0f}–{max(r['windows']):,.0f}",
+                f"{r['gflops']:.2f}",
+                f"{100 * r['roofline_fraction']:.1f}%",
+            )
+    out.print(table)
+    m = result["machine"]
+    out.print(
+        f"float32 GEMM peak {result['gemm_gflops']:.1f} GFLOP/s; {m['nproc']} CPUs; NumPy {m['numpy']} "
+        f"({m['blas']}); peak RSS {result['peak_rss_mb']:.0f} MB"
+    )

@@ -1,0 +1,249 @@
+"""``charlm train``: options in, a Trainer run, the summary out."""
+
+from __future__ import annotations
+
+import math
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from typer.core import TyperCommand
+
+from charlm.cli.common import DEFAULT_MINUTES, app, check_threads, err, notice, out, user_errors
+from charlm.errors import UsageError
+
+# --------------------------------------------------------------------------- #
+# train
+# --------------------------------------------------------------------------- #
+
+
+class _TrainCommand(TyperCommand):
+    """``--resume`` takes an optional value; Typer's parser has no such option kind,
+    so a bare ``--resume`` (last, or followed by another option) gets the value ""
+    (= the newest run) before parsing."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        args = list(args)
+        for i, arg in enumerate(args):
+            if arg == "--":
+                break
+            if arg == "--resume" and (i + 1 == len(args) or args[i + 1].startswith("-")):
+                args[i] = "--resume="
+        return super().parse_args(ctx, args)
+
+
+@app.command(cls=_TrainCommand)
+@user_errors
+def train(
+    ctx: typer.Context,
+    corpus: Annotated[
+        str, typer.Argument(help="Text file to learn from, or a shipped corpus name (see 'charlm corpora').")
+    ],
+    name: Annotated[
+        str | None, typer.Option(help="Run name: checkpoints go to OUT/NAME. Default: the corpus name, made unique.")
+    ] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder that holds the run folders.")] = Path("runs"),
+    cell: Annotated[
+        str,
+        typer.Option(
+            help="Recurrent cell: lstm, gru (the lecture notes' full GRU) or rnn (vanilla tanh). "
+            "Recorded in the checkpoint, so sample, perplexity and --resume need no flag."
+        ),
+    ] = "lstm",
+    layers: Annotated[int, typer.Option(min=1, max=16, help="Stacked recurrent layers.")] = 2,
+    hidden: Annotated[int, typer.Option(min=1, max=8192, help="Hidden units per layer (H).")] = 256,
+    embed: Annotated[int, typer.Option(min=1, max=8192, help="Character embedding width (E).")] = 64,
+    dropout: Annotated[
+        float, typer.Option(help="Dropout probability between layers and before the decoder, 0–0.9.")
+    ] = 0.0,
+    forget_bias: Annotated[
+        float,
+        typer.Option(
+            help="Initial LSTM forget-gate bias b_f, −10–10. 0 (PyTorch's biases are 0 on average) learns text "
+            "fastest; 1 keeps c<t> longer from the start and helps dependencies 20+ characters apart.",
+        ),
+    ] = 0.0,
+    batch_size: Annotated[int, typer.Option(min=1, help="Parallel streams per batch (B).")] = 32,
+    seq_len: Annotated[
+        int, typer.Option(min=1, help="Characters of back-propagation through time per batch (T).")
+    ] = 64,
+    lr: Annotated[
+        float, typer.Option(help="Peak Adam learning rate, > 0; it warms up and decays to 10% by the end.")
+    ] = 3e-3,
+    clip: Annotated[float, typer.Option(help="Maximum global gradient norm, > 0.")] = 5.0,
+    val_frac: Annotated[
+        float,
+        typer.Option(help="Fraction of the text, from its end, held out for validation; in (0, 0.5]."),
+    ] = 0.1,
+    val_chars: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Validate on at most this many characters from the start of the held-out text (0 = all), "
+            "so validation stays quick on a large corpus.",
+        ),
+    ] = 500_000,
+    eval_every: Annotated[
+        int, typer.Option(min=1, help="Steps between validations (each writes checkpoints and a metrics line).")
+    ] = 200,
+    steps: Annotated[int | None, typer.Option(min=1, help="Stop after this many optimizer steps.")] = None,
+    epochs: Annotated[
+        float | None, typer.Option(help="Stop after this many passes over the training text (> 0; fractions allowed).")
+    ] = None,
+    minutes: Annotated[
+        float | None,
+        typer.Option(help=f"Stop after this many minutes, > 0. Default: {DEFAULT_MINUTES:g} when no budget is given."),
+    ] = None,
+    seed: Annotated[
+        int, typer.Option(min=0, help="Random seed; with --steps or --epochs a run is exactly reproducible.")
+    ] = 0,
+    threads: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=256,
+            help="Row blocks of each batch trained in parallel, one per core; 0 = one per CPU core "
+            "(each block at least 8 rows). Results are reproducible for a given value.",
+        ),
+    ] = 0,
+    encoding: Annotated[str, typer.Option(help="Text encoding of the corpus file.")] = "utf-8",
+    errors: Annotated[
+        str, typer.Option(help="What to do with undecodable bytes: strict (stop with an error) or replace.")
+    ] = "strict",
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            "--resume",
+            metavar="[RUN]",
+            help="Continue a run exactly where it stopped: a run folder (its last.safetensors) or a checkpoint file; "
+            "alone, the newest run under --out. CORPUS must be the same text. Model and data options come from "
+            "the run; --lr, --clip, --eval-every and --threads may change. With no budget option the run's own budget "
+            "goes on; --steps/--epochs are totals counted from the start of the run; --minutes is minutes more.",
+        ),
+    ] = None,
+) -> None:
+    """Train a model on a text file; checkpoints go to runs/NAME/.
+
+    Ctrl-C (or SIGTERM) stops after the current step, saves last.safetensors and
+    prints the command that resumes the run (exit code 130, or 143 for SIGTERM).
+    """
+    from charlm.corpora import resolve
+    from charlm.progress import TrainingDisplay
+    from charlm.runs import new_run_dir
+    from charlm.train import TrainConfig, prepare_run
+
+    if errors not in ("strict", "replace"):
+        raise UsageError(f"--errors must be 'strict' or 'replace', not {errors!r}.")
+    if not 0 < val_frac <= 0.5:
+        raise UsageError(f"--val-frac must be in (0, 0.5] (got {val_frac:g}): the share of the text held out.")
+    for flag, value in (
+        ("--lr", lr),
+        ("--clip", clip),
+        ("--epochs", epochs),
+        ("--minutes", minutes),
+    ):
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            raise UsageError(f"{flag} must be a finite number greater than 0 (got {value:g}).")
+    if not 0.0 <= dropout <= 0.9:
+        raise UsageError(f"--dropout must be between 0 and 0.9 (got {dropout:g}): the probability of zeroing a unit.")
+    if not -10.0 <= forget_bias <= 10.0:
+        raise UsageError(f"--forget-bias must be between -10 and 10 (got {forget_bias:g}).")
+    if forget_bias != 0.0 and cell in ("gru", "rnn"):
+        raise UsageError(f"--forget-bias is for the LSTM's forget gate; a {cell} cell has none. Drop the option.")
+    if resume is None:  # a resumed run keeps its own batch size
+        check_threads(threads, batch_size)
+    path, stem = resolve(corpus)
+    if resume is not None:
+        trainer = _resume(ctx, resume, name, out_dir, path)
+        summary = trainer.run()
+        _report_training(summary, corpus)
+        return
+    if steps is None and epochs is None and minutes is None:
+        minutes = DEFAULT_MINUTES
+    config = TrainConfig(
+        batch_size=batch_size,
+        seq_len=seq_len,
+        lr=lr,
+        clip=clip,
+        val_frac=val_frac,
+        val_chars=val_chars,
+        eval_every=eval_every,
+        steps=steps,
+        epochs=epochs,
+        minutes=minutes,
+        seed=seed,
+        threads=threads,
+    )
+    if name is not None and (not name.strip() or name in (".", "..") or any(c in name for c in "/\\")):
+        raise UsageError(f"--name {name!r}: give a plain folder name (no '/'); the run goes to {out_dir}/NAME.")
+    run_dir = out_dir / name if name else new_run_dir(out_dir, stem)
+    if name and any((run_dir / f).exists() for f in ("best.safetensors", "last.safetensors")):
+        raise UsageError(
+            f"{run_dir} already holds a run, which a new run would overwrite. Choose another --name, "
+            f"or continue that run with --resume {run_dir}."
+        )
+    trainer = prepare_run(
+        path,
+        run_dir,
+        config,
+        cell=cell,
+        layers=layers,
+        hidden=hidden,
+        embed=embed,
+        dropout=dropout,
+        forget_bias=forget_bias,
+        encoding=encoding,
+        errors=errors,
+        callbacks=TrainingDisplay(err),
+        progress=sys.stderr.isatty(),
+        report=notice,
+    )
+    summary = trainer.run()
+    _report_training(summary, corpus)
+
+
+def _resume(ctx: typer.Context, resume: str, name: str | None, out_dir: Path, path: Path):
+    """The Trainer for ``train --resume``: the options given on the command line are passed on."""
+    from charlm.progress import TrainingDisplay
+    from charlm.runs import resume_checkpoint
+    from charlm.train import BUDGETS, CHANGEABLE_ON_RESUME, FIXED_ON_RESUME, resume_run
+
+    if name is not None:
+        raise UsageError("--name cannot be combined with --resume: a resumed run continues in its own folder.")
+    keys = (*FIXED_ON_RESUME, *CHANGEABLE_ON_RESUME, *BUDGETS, "encoding", "errors")
+    given = {k: ctx.params[k] for k in keys if ctx.get_parameter_source(k).name != "DEFAULT"}
+    target = resume_checkpoint(Path(resume) if resume else None, out_dir)
+    trainer = resume_run(target, path, given, callbacks=TrainingDisplay(err))
+    for note in trainer.notes:
+        err.print(note, markup=False)
+    return trainer
+
+
+def _report_training(summary, corpus: str) -> None:
+    """The end-of-run summary on stdout; after a signal, the resume command on stderr and exit 128 + signal."""
+    from charlm.report import perplexity_text
+
+    if summary.interrupted is not None:
+        command = f"charlm train {shlex.quote(corpus)} --resume {shlex.quote(str(summary.run_dir))}"
+        err.print(f"interrupted at step {summary.steps}; resume with: {command}", markup=False)
+        raise typer.Exit(128 + summary.interrupted)
+    best = summary.run_dir / "best.safetensors"
+    out.print(
+        f"best validation loss {summary.best_val:.4f} nats/char ({summary.best_val_bits:.4f} bits/char, "
+        f"perplexity {perplexity_text(summary.best_val)}) at step {summary.best_step:,}"
+    )
+    out.print(
+        f"trained {summary.steps:,} step{'' if summary.steps == 1 else 's'} ({summary.chars_seen / 1e6:.1f}M characters) in "
+        f"{_duration(summary.elapsed)}; {summary.chars_seen / max(summary.train_seconds, 1e-9):,.0f} chars/s "
+        "in training steps"
+    )
+    out.print(f"checkpoint: {best}")
+    out.print(f"sample from it: charlm sample --checkpoint {best}")
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
