@@ -21,3 +21,14 @@ class UsageError(CharlmError):
     """An option value or combination that cannot work."""
 
     exit_code = 2
+
+
+class ConfigError(UsageError):
+    """A setting whose value cannot work. ``setting`` is the config field's name
+    and ``problem`` the rest of the sentence, so the CLI can name its own flag:
+    ``ConfigError("lr", "must be greater than 0 (got -1).")``."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        super().__init__(f"{setting} {problem}")
+        self.setting = setting
+        self.problem = problem

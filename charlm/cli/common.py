@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from charlm.errors import CharlmError, UsageError
+from charlm.errors import CharlmError, ConfigError, UsageError
 
 app = typer.Typer(
     name="charlm",
@@ -38,15 +38,26 @@ def notice(message: str) -> None:
     err.print(message, markup=False)
 
 
+# Config fields whose flag is not "--" + the field name with "-" for "_".
+FLAG_OF_SETTING: dict[str, str] = {}
+
+
+def flag(setting: str) -> str:
+    """The command-line flag of a config field: lr → --lr, batch_size → --batch-size."""
+    return FLAG_OF_SETTING.get(setting, "--" + setting.replace("_", "-"))
+
+
 def user_errors(fn):
     """Turn charlm's own errors into one line on stderr and a non-zero exit: a
-    CharlmError (its exit_code), an operating-system error such as a full disk (1),
+    ConfigError names the flag (exit 2), a CharlmError (its exit_code), an operating-system error such as a full disk (1),
     Ctrl-C outside the training loop (130). A closed stdout pipe stays quiet."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except ConfigError as e:  # a config's own check: name the flag that set it
+            fail(f"{flag(e.setting)} {e.problem}", e.exit_code)
         except CharlmError as e:
             fail(str(e), e.exit_code)
         except KeyboardInterrupt:
