@@ -22,9 +22,8 @@ from collections import defaultdict
 
 import numpy as np
 
-from charlm import layers
+from charlm import blas, layers
 from charlm.model import CharModel, ModelConfig
-from charlm.parallel import blas_threads
 
 TIMED = {  # (class, method) → what it holds
     (layers.Recurrent, "_run"): "forward time loops",
@@ -77,7 +76,7 @@ def main() -> None:
     spent: dict[str, float] = defaultdict(float)
     instrument(spent)
     steps = []
-    with blas_threads(1):
+    with blas.limit(1):
         for k in range(a.steps + 2):
             if k == 2:
                 spent.clear()

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from charlm import blas
 from charlm.model import CELLS, CharModel, ModelConfig
 from charlm.optim import Adam, clip_grad_norm_
 from charlm.parallel import DataParallel, default_workers
@@ -141,12 +142,15 @@ def sample_throughput(cfg: BenchConfig, windows: int = 5) -> list[float]:
 
 
 def blas_name() -> str:
-    try:
-        cfg = np.show_config(mode="dicts")
-        blas = cfg["Build Dependencies"]["blas"]
-        return f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
-    except Exception:  # older NumPy without mode="dicts"
+    """The BLAS NumPy runs on, e.g. "openblas 0.3.31 SkylakeX, 2 threads" (threadpoolctl's view)."""
+    libs = blas.info()
+    if not libs:
         return "unknown"
+    return "; ".join(
+        " ".join(str(x) for x in (lib["internal_api"], lib.get("version"), lib.get("architecture")) if x)
+        + f", {lib['num_threads']} thread{'s' if lib['num_threads'] != 1 else ''}"
+        for lib in libs
+    )
 
 
 def _significant(x: float, digits: int = 4) -> float:

@@ -156,7 +156,7 @@ class CharModel:
         T, B = ids.shape
         masks = dropout_masks
         if masks is None and self.config.dropout > 0.0 and rng is not None:
-            masks = self._draw_masks(rng, T, B)
+            masks = self.draw_dropout_masks(rng, T, B)
         top, new_state, inputs = self._forward(ids, state, masks)
         H = self.config.hidden
         logits = top.reshape(T * B, H) @ self.params["decoder.weight"].T
@@ -170,7 +170,7 @@ class CharModel:
         self._backward(ids, grad, inputs, masks)
         return loss, new_state
 
-    def _draw_masks(self, rng: np.random.Generator, T: int, B: int) -> list[np.ndarray]:
+    def draw_dropout_masks(self, rng: np.random.Generator, T: int, B: int) -> list[np.ndarray]:
         """Inverted-dropout masks, one (T, B, H) per layer output: 0 or 1/(1−p)."""
         p = self.config.dropout
         masks = []

@@ -9,10 +9,15 @@ the batch's mean loss is the weighted sum of the blocks' gradients:
     L = Σ_k (B_k / B) L_k        ∇L = Σ_k (B_k / B) ∇L_k
 
 Block 1 runs in this process; every other block runs in a worker process
-(``python -m charlm.worker``) with a one-thread BLAS. Processes, not threads:
-a time step is some 25 small NumPy calls, and two threads spend much of it
-handing the GIL back and forth (config A, 16 rows per block: two threads ran
-at 0.5–0.7 of the speed of one, two processes at the speed of one).
+(``python -m charlm.worker``). Processes, not threads: a time step is some 25
+small NumPy calls, and two threads spend much of it handing the GIL back and
+forth.
+
+Each block's products use one BLAS thread, so the K blocks fill K cores. A
+worker process is limited once, for its whole life; this process only while it
+computes block 1 (``blas.limit``, which holds process-wide: this thread is then
+the process's only BLAS caller). Between steps its BLAS keeps every thread, for
+the work the workers leave it alone with: clipping's global norm, evaluation.
 
 A worker's model reads its parameters from, and writes its gradient into,
 files in shared memory (``/dev/shm`` where there is one) that this process maps
@@ -29,11 +34,7 @@ arithmetic and the order of the sum are fixed.
 from __future__ import annotations
 
 import contextvars
-import ctypes
-import glob
 import json
-import math
-import mmap
 import os
 import resource
 import subprocess
@@ -41,54 +42,25 @@ import sys
 import tempfile
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from functools import cache
 from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 
+from charlm import blas
 from charlm.errors import CharlmError
 from charlm.model import CharModel, State
+from charlm.sharedmem import exchange_layout, exchange_views, remove, shared_file
 
 MIN_ROWS_PER_WORKER = 8  # smaller blocks make the per-step matrix products inefficient
-ONE_THREAD_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-@cache
-def _blas_thread_limit():
-    """OpenBLAS's per-calling-thread limit ``openblas_set_num_threads_local``
-    from the library NumPy links, or None when NumPy uses another BLAS."""
-    libdir = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
-    for path in sorted(glob.glob(os.path.join(libdir, "*openblas*"))):
-        try:
-            lib = ctypes.CDLL(path)
-            fn = lib.openblas_set_num_threads_local
-        except (OSError, AttributeError):
-            continue
-        fn.argtypes = [ctypes.c_int]
-        fn.restype = ctypes.c_int
-        return fn
-    return None
-
-
-@contextmanager
-def blas_threads(n: int):
-    """Within the block, this thread's BLAS calls use at most ``n`` threads
-    (OpenBLAS only; elsewhere a no-op)."""
-    limit = _blas_thread_limit()
-    previous = limit(n) if limit is not None else None
-    try:
-        yield
-    finally:
-        if limit is not None:
-            limit(previous)
+# a worker's BLAS starts no thread pool at all (its own limit then covers any library these miss)
+ONE_THREAD_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
 
 
 def available() -> bool:
     """True when this process's BLAS can be limited to one thread while workers
     run beside it, and a worker process can be started, so parallelism pays off."""
-    return _blas_thread_limit() is not None and bool(sys.executable)
+    return blas.controllable() and bool(sys.executable)
 
 
 def default_workers(batch_size: int) -> int:
@@ -103,84 +75,6 @@ def row_blocks(B: int, workers: int) -> list[slice]:
     """Split rows 0..B-1 into ``workers`` contiguous blocks of near-equal size."""
     bounds = np.linspace(0, B, workers + 1).round().astype(int)
     return [slice(int(a), int(b)) for a, b in pairwise(bounds) if b > a]
-
-
-# --------------------------------------------------------------------------- #
-# Shared memory: files in RAM mapped by this process and one worker
-# --------------------------------------------------------------------------- #
-
-
-def shared_folders() -> list[str]:
-    """Where shared files may go, best first: /dev/shm (RAM), then the temporary folder."""
-    shm = "/dev/shm"
-    folders = [shm] if os.path.isdir(shm) and os.access(shm, os.W_OK) else []
-    return [*folders, tempfile.gettempdir()]
-
-
-def shared_file(nbytes: int) -> tuple[str, mmap.mmap]:
-    """A new private file of ``nbytes`` bytes, mapped read-write, in the first of
-    ``shared_folders`` with room for it. Returns its path, for a worker to map,
-    and the mapping. The space is reserved at once, so a full /dev/shm (64 MB in
-    a default Docker container) means the next folder, not a crash (SIGBUS) on
-    the first write to a page that cannot be had."""
-    reasons = []
-    for folder in shared_folders():
-        try:
-            fd, path = tempfile.mkstemp(prefix="charlm-", dir=folder)
-        except OSError as e:
-            reasons.append(f"{folder}: {e.strerror or e}")
-            continue
-        try:
-            if hasattr(os, "posix_fallocate"):
-                os.posix_fallocate(fd, 0, nbytes)
-            else:
-                os.ftruncate(fd, nbytes)
-            return path, mmap.mmap(fd, nbytes)
-        except OSError as e:
-            os.unlink(path)
-            reasons.append(f"{folder}: {e.strerror or e}")
-        finally:
-            os.close(fd)
-    raise CharlmError(
-        f"cannot reserve {nbytes / 2**20:.0f} MB of shared memory for the training worker processes "
-        f"({'; '.join(reasons)}). Free some space there, or train with --threads 1."
-    )
-
-
-def map_file(path: str) -> mmap.mmap:
-    """Map an existing file read-write."""
-    fd = os.open(path, os.O_RDWR)
-    try:
-        return mmap.mmap(fd, 0)
-    finally:
-        os.close(fd)
-
-
-def exchange_layout(
-    T: int, B: int, layers: int, states: int, H: int, dtype: np.dtype, masks: bool
-) -> tuple[dict[str, tuple[int, tuple[int, ...], np.dtype]], int]:
-    """Where each array of a worker's exchange file lives: name → (byte offset,
-    shape, dtype), and the file's size. The same function on both sides."""
-    arrays = {
-        "ids": ((T, B), np.dtype(np.int64)),
-        "targets": ((T, B), np.dtype(np.int64)),
-        "state_in": ((layers, states, B, H), dtype),  # carried state of the block's rows
-        "state_out": ((layers, states, B, H), dtype),  # final state
-    }
-    if masks:
-        arrays["masks"] = ((layers, T, B, H), dtype)  # inverted-dropout masks
-    layout, offset = {}, 0
-    for name, (shape, dt) in arrays.items():
-        layout[name] = (offset, shape, dt)
-        offset += -(-math.prod(shape) * dt.itemsize // 64) * 64  # 64-byte aligned
-    return layout, max(offset, 64)
-
-
-def exchange_views(buf: mmap.mmap, layout) -> dict[str, np.ndarray]:
-    return {
-        name: np.frombuffer(buf, dt, math.prod(shape), offset).reshape(shape)
-        for name, (offset, shape, dt) in layout.items()
-    }
 
 
 # --------------------------------------------------------------------------- #
@@ -202,6 +96,7 @@ class _Worker:
         self._exchange_key = None
         self._exchange: dict[str, np.ndarray] = {}
         self.ready = False  # the worker's first line (after init) has been read
+        self.blas_threads = 0  # the BLAS threads the worker runs with, as its first line says
         self.peak_rss_kb = 0
         self._stderr = tempfile.TemporaryFile()
         env = dict(os.environ)
@@ -230,10 +125,7 @@ class _Worker:
         T, B = ids.shape
         key = (T, B, masks is not None)
         if key != self._exchange_key:
-            cfg = self.model.config
-            layout, nbytes = exchange_layout(
-                T, B, cfg.layers, len(state[0]), cfg.hidden, self.model.dtype, masks is not None
-            )
+            layout, nbytes = exchange_layout(self.model, T, B, masks is not None)
             path, buf = shared_file(nbytes)
             self._unlink.append(path)
             self._mapped.append(path)
@@ -256,16 +148,20 @@ class _Worker:
     def receive(self) -> tuple[float, State]:
         """The answer to the step sent last: (loss, final state of the block's rows)."""
         if not self.ready:
-            self._read()
+            self.blas_threads = self._read()["blas_threads"]
             self.ready = True
         reply = self._read()
         for path in self._mapped:  # the worker has mapped them; the mappings outlive the names
-            _remove(path)
+            remove(path)
             self._unlink.remove(path)
         self._mapped.clear()
         out = self._exchange["state_out"]
         new_state = [tuple(out[layer, s].copy() for s in range(out.shape[1])) for layer in range(out.shape[0])]
         return reply["loss"], new_state
+
+    def close_log(self) -> None:
+        """Drop the file that holds the worker's stderr (once the worker has stopped)."""
+        self._stderr.close()
 
     def _send(self, message: dict) -> None:
         try:
@@ -299,7 +195,7 @@ class _Worker:
         last = f": {lines[-1]}" if lines else ""
         return CharlmError(
             f"training worker process {self.index} ended unexpectedly ({how}){last}. "
-            "Try again, or train with --threads 1."
+            "Try again, or train in one row block, without worker processes."
         )
 
 
@@ -317,25 +213,25 @@ def _stop_process(proc: subprocess.Popen) -> None:
     proc.stdout.close()
 
 
-def _remove(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
 def _cleanup(procs: list[subprocess.Popen], paths: list[str]) -> None:
     """Stop the workers and remove the shared files: at close, on collection or at exit."""
     for proc in procs:
         _stop_process(proc)
     for path in paths:
-        _remove(path)
+        remove(path)
     paths.clear()
 
 
-def _rows_of(rows: slice, state: State, masks: list[np.ndarray] | None) -> tuple[State, list | None]:
-    """The carried state (each (B, H)) and dropout masks (each (T, B, H)) of one row block."""
-    return [tuple(s[rows] for s in layer) for layer in state], None if masks is None else [m[:, rows] for m in masks]
+def _block(batch: tuple, rows: slice) -> tuple:
+    """(ids, targets, carried state, dropout masks) of one row block of the batch:
+    ids and targets (T, B), each state (B, H), each mask (T, B, H), all cut to ``rows``."""
+    ids, targets, state, masks = batch
+    return (
+        ids[:, rows],
+        targets[:, rows],
+        [tuple(s[rows] for s in layer) for layer in state],
+        None if masks is None else [m[:, rows] for m in masks],
+    )
 
 
 class DataParallel:
@@ -377,34 +273,43 @@ class DataParallel:
     def loss_and_grads(
         self, ids: np.ndarray, targets: np.ndarray, state: State, rng: np.random.Generator | None = None
     ) -> tuple[float, State]:
+        """``CharModel.loss_and_grads`` of the whole batch. The dropout masks are drawn
+        for the whole batch before it is split, so they are the serial run's draws."""
         T, B = ids.shape
         blocks = row_blocks(B, min(self.workers, B))
         masks = None
         if self.model.config.dropout > 0.0 and rng is not None:
-            masks = self.model._draw_masks(rng, T, B)  # (T, B, H) per layer, same draws as serial
+            masks = self.model.draw_dropout_masks(rng, T, B)  # (T, B, H) per layer, same draws as serial
         if len(blocks) == 1:
             return self.model.loss_and_grads(ids, targets, state, rng=rng, dropout_masks=masks)
+        batch = (ids, targets, state, masks)
         workers = self._start(len(blocks) - 1)
         np.copyto(self._params, self.model.flat)
         err = np.geterr()  # the caller's floating-point policy holds in the workers too
         try:
             for w, rows in zip(workers, blocks[1:], strict=True):
-                w.send_step(ids[:, rows], targets[:, rows], *_rows_of(rows, state, masks), err)
+                w.send_step(*_block(batch, rows), err)
         except CharlmError:  # a worker is gone: stop the others too, a later step starts afresh
             self.close()
             raise
-        rows = blocks[0]
-        own_state, own_masks = _rows_of(rows, state, masks)
+        results = self._own_block_then_answers(_block(batch, blocks[0]), workers)
+        if self._params_path is not None:  # every worker has mapped it
+            remove(self._params_path)
+            self._unlink.remove(self._params_path)
+            self._params_path = None
+        return self._combine(blocks, workers, results)
+
+    def _own_block_then_answers(self, block: tuple, workers: list[_Worker]) -> list[tuple[float, State]]:
+        """Compute block 1 here, on one BLAS thread, then read every worker's answer:
+        each block's (loss, final state), in block order."""
+        ids, targets, state, masks = block
         results: list[tuple[float, State]] = []
         failure: BaseException | None = None
         try:
-            with blas_threads(1):
+            with blas.limit(1):
                 results.append(
                     self.model.loss_and_grads(
-                        np.ascontiguousarray(ids[:, rows]),
-                        np.ascontiguousarray(targets[:, rows]),
-                        own_state,
-                        dropout_masks=own_masks,
+                        np.ascontiguousarray(ids), np.ascontiguousarray(targets), state, dropout_masks=masks
                     )
                 )
         except BaseException as e:  # still read every worker's answer, so the next step starts in step
@@ -422,11 +327,14 @@ class DataParallel:
             if not in_step:
                 self.close()  # a later step starts afresh
             raise failure
-        if self._params_path is not None:  # every worker has mapped it
-            _remove(self._params_path)
-            self._unlink.remove(self._params_path)
-            self._params_path = None
-        # ∇L = Σ_k (B_k / B) ∇L_k, accumulated into the main model's gradient.
+        return results
+
+    def _combine(
+        self, blocks: list[slice], workers: list[_Worker], results: list[tuple[float, State]]
+    ) -> tuple[float, State]:
+        """The batch's loss and final state from the blocks'; ∇L = Σ_k (B_k / B) ∇L_k
+        accumulated into the main model's gradient."""
+        B = blocks[-1].stop
         weights = [(b.stop - b.start) / B for b in blocks]
         grad = self.model.grad_flat
         grad *= weights[0]
@@ -434,9 +342,10 @@ class DataParallel:
             w.grad *= wk  # in place: the worker overwrites it at its next step
             grad += w.grad
         loss = sum(wk * r[0] for wk, r in zip(weights, results, strict=True))
+        layers = results[0][1]
         new_state = [
-            tuple(np.concatenate([r[1][layer][i] for r in results], axis=0) for i in range(len(state[layer])))
-            for layer in range(len(state))
+            tuple(np.concatenate([r[1][layer][i] for r in results], axis=0) for i in range(len(layers[layer])))
+            for layer in range(len(layers))
         ]
         return loss, new_state
 
@@ -475,7 +384,7 @@ class DataParallel:
             self._finalizer()  # stops the processes, removes any shared file not unlinked yet
             self._finalizer = None
         for w in self._procs:
-            w._stderr.close()
+            w.close_log()
         self._procs = []
         self._params = None
         self._params_path = None

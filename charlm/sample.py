@@ -20,8 +20,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from charlm import blas
 from charlm.model import CharModel
-from charlm.parallel import blas_threads
 from charlm.vocab import Vocab
 
 WARMUP_CHARS = 256  # unprinted characters of its own that an unprompted sampler reads first
@@ -190,7 +190,7 @@ class Sampler:
         newline = self.vocab.index("\n")
         x = newline if newline is not None else int(np.argmax(self.dec_b))
         choose = Decoder(len(self.vocab), 1.0, None, None, self.logits.dtype).choose
-        with blas_threads(1):  # see generate
+        with blas.limit(1):  # see generate
             for n, u in enumerate(np.random.default_rng(WARMUP_SEED).random(2 * WARMUP_CHARS).tolist()):
                 x = choose(self._logits(x), u)
                 if n + 1 >= WARMUP_CHARS and (newline is None or x == newline):
@@ -237,11 +237,10 @@ class Sampler:
         uniforms = self.rng.random(length).tolist()
         n_stop = len(stop) if stop else 0
         tail = ""
-        # One BLAS thread per product: at batch 1 a second thread gains little even on an idle
-        # machine, and next to a busy process (a training run) it made sampling 8× slower. Set once
-        # per call (a per-character switch costs 4 µs of ~170); while the generator waits at a
-        # yield the cap stays on this thread, and it is lifted when the generator ends or is closed.
-        with blas_threads(1):
+        # One BLAS thread per product: at batch 1 a second thread gains little, and next to a busy
+        # process it slows sampling down many times. Set once per call, not per character; the limit
+        # holds for the whole process, also while the generator waits at a yield, until it ends or is closed.
+        with blas.limit(1):
             for n in range(length):
                 x = choose(self._logits(x), uniforms[n])
                 self._last = x  # a later call continues the text from here

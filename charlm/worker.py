@@ -8,6 +8,8 @@ into which the final state is written back. The worker computes
 ``CharModel.loss_and_grads`` on that block and answers with the loss, or with
 the error it met. It ends at the end of its input (the main process closed the
 pipe or ended) and ignores Ctrl-C, which is the main process's to handle.
+
+Its BLAS uses one thread for its whole life: each row block has a core of its own.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import sys
 
 import numpy as np
 
+from charlm import blas
 from charlm.model import CharModel, ModelConfig
-from charlm.parallel import exchange_layout, exchange_views, map_file
+from charlm.sharedmem import exchange_layout, exchange_views, map_file
 
 
 def _answer(out, **fields) -> None:
@@ -36,15 +39,13 @@ def serve(inp, out) -> None:
     P = CharModel.count_params(config)
     params, grad = map_file(init["params"]), map_file(init["grad"])
     model = CharModel(config, dtype, flat=np.frombuffer(params, dtype, P), grad_flat=np.frombuffer(grad, dtype, P))
-    _answer(out, ok=True)
+    _answer(out, ok=True, blas_threads=blas.threads())
     exchange_path, x = None, {}
     for line in inp:
         msg = json.loads(line)
         try:
             if msg["exchange"] != exchange_path:
-                layout, _ = exchange_layout(
-                    msg["T"], msg["B"], config.layers, len(model.rnn[0].state_names), config.hidden, dtype, msg["masks"]
-                )
+                layout, _ = exchange_layout(model, msg["T"], msg["B"], msg["masks"])
                 x = exchange_views(map_file(msg["exchange"]), layout)
                 exchange_path = msg["exchange"]
             state = [tuple(x["state_in"][layer]) for layer in range(config.layers)]
@@ -62,6 +63,7 @@ def serve(inp, out) -> None:
 
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    blas.limit_process(1)
     serve(sys.stdin.buffer, sys.stdout.buffer)
 
 

@@ -9,6 +9,7 @@ import signal
 import numpy as np
 import pytest
 
+from charlm import blas
 from charlm.errors import CharlmError
 from charlm.model import CharModel, ModelConfig
 from charlm.parallel import DataParallel, row_blocks
@@ -133,7 +134,7 @@ def test_a_killed_worker_is_one_clear_error():
     dp = DataParallel(model, 2)
     dp.loss_and_grads(ids, ids, model.zero_state(8))
     os.kill(dp._procs[0].proc.pid, signal.SIGKILL)
-    with pytest.raises(CharlmError, match=r"worker process 1 ended unexpectedly \(killed by signal 9\).*--threads 1"):
+    with pytest.raises(CharlmError, match=r"worker process 1 ended unexpectedly \(killed by signal 9\).*one row block"):
         dp.loss_and_grads(ids, ids, model.zero_state(8))
     assert dp._procs == [] and dp._params is None  # cleaned up at once
     loss, _ = dp.loss_and_grads(ids, ids, model.zero_state(8))  # and usable again
@@ -152,35 +153,46 @@ def test_peak_rss_counts_the_workers():
         assert dp.peak_rss_mb() >= alone + dp.workers_peak_rss_mb() - 1
 
 
-def test_no_room_in_dev_shm_falls_back_then_fails_in_one_line(monkeypatch, tmp_path):
-    """posix_fallocate reserves the space up front: a full /dev/shm means the temporary
-    folder instead, and no room anywhere is one clear error, not a SIGBUS later."""
-    import errno
+@pytest.fixture
+def several_threads():
+    """The BLAS may use more than one thread here, so a limit to one can be seen."""
+    if not blas.controllable() or blas.threads() < 2:
+        pytest.skip("needs a BLAS that uses more than one thread")
+    return blas.threads()
 
-    import charlm.parallel as parallel
 
-    if not hasattr(os, "posix_fallocate"):
-        pytest.skip("needs posix_fallocate")
-    real = os.posix_fallocate
-    full = {"/dev/shm"}
+def test_the_main_process_computes_its_block_on_one_blas_thread_only(several_threads, monkeypatch):
+    """One thread while this process computes block 1 beside the workers; every thread again
+    afterwards, for the work done alone (clipping, evaluation); none limited with one block."""
+    _, model = _setup()
+    seen = []
+    own = model.loss_and_grads
 
-    def fallocate(fd, offset, length):
-        if any(os.readlink(f"/proc/self/fd/{fd}").startswith(f + "/") for f in full):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(fd, offset, length)
+    def spy(*args, **kw):
+        seen.append(blas.threads())
+        return own(*args, **kw)
 
-    shm_before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
-    monkeypatch.setattr(os, "posix_fallocate", fallocate)
-    monkeypatch.setattr(parallel, "shared_folders", lambda: ["/dev/shm", str(tmp_path)])
-    serial, model = _setup()
+    monkeypatch.setattr(model, "loss_and_grads", spy)
     ids = np.zeros((4, 8), np.int64)
-    serial.loss_and_grads(ids, ids, serial.zero_state(8))
     with DataParallel(model, 2) as dp:
         dp.loss_and_grads(ids, ids, model.zero_state(8))
-        assert np.allclose(model.grad_flat, serial.grad_flat, rtol=1e-10, atol=1e-13)
-    assert os.listdir(tmp_path) == []  # the fallback files are unlinked as well
-    full.add(str(tmp_path))
-    with DataParallel(model, 2) as dp, pytest.raises(CharlmError, match=r"cannot reserve .*--threads 1"):
+        assert blas.threads() == several_threads
+    with DataParallel(model, 1) as dp:
         dp.loss_and_grads(ids, ids, model.zero_state(8))
-    if os.path.isdir("/dev/shm"):
-        assert set(os.listdir("/dev/shm")) - shm_before == set()
+    assert seen == [1, several_threads]
+
+
+@pytest.mark.parametrize("variables", [True, False], ids=["with-thread-variables", "limit-alone"])
+def test_a_worker_process_runs_on_one_blas_thread(several_threads, variables, monkeypatch):
+    """The worker limits its own BLAS, even without the *_NUM_THREADS variables it is started with."""
+    import charlm.parallel as parallel
+
+    if not variables:
+        monkeypatch.setattr(parallel, "ONE_THREAD_ENV", ())
+        for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS"):
+            monkeypatch.delenv(name, raising=False)
+    _, model = _setup()
+    ids = np.zeros((4, 8), np.int64)
+    with DataParallel(model, 2) as dp:
+        dp.loss_and_grads(ids, ids, model.zero_state(8))
+        assert dp._procs[0].blas_threads == 1
