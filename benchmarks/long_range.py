@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 from benchlib import HERE, Parser, bounded, cpu_model, fail, write_atomic
 
-from charlm.layers import GRU, LSTM, RNN, Recurrent
+from charlm.cells import GRU, LSTM, RNN, Recurrent
 from charlm.optim import Adam, clip_grad_norm_, learning_rate
 
 CELLS: dict[str, type[Recurrent]] = {"lstm": LSTM, "gru": GRU, "rnn": RNN}

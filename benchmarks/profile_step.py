@@ -22,15 +22,16 @@ from collections import defaultdict
 
 import numpy as np
 
-from charlm import blas, layers
+from charlm import blas
+from charlm.cells import Recurrent
 from charlm.model import CharModel, ModelConfig
 
 TIMED = {  # (class, method) → what it holds
-    (layers.Recurrent, "_run"): "forward time loops",
-    (layers.Recurrent, "_recur_backward"): "backward time loops",
-    (layers.Recurrent, "forward"): "layer forward",
-    (layers.Recurrent, "forward_from_table"): "layer forward",
-    (layers.Recurrent, "backward"): "layer backward",
+    (Recurrent, "_forward_loop"): "forward time loops",
+    (Recurrent, "_backward_loop"): "backward time loops",
+    (Recurrent, "forward"): "layer forward",
+    (Recurrent, "forward_from_table"): "layer forward",
+    (Recurrent, "backward"): "layer backward",
     (CharModel, "_forward"): "model forward",
     (CharModel, "_backward"): "model backward",
 }
@@ -38,10 +39,10 @@ TIMED = {  # (class, method) → what it holds
 
 def instrument(spent: dict[str, float]) -> None:
     """Wrap each timed method so that its wall time is added to ``spent``; the
-    subclasses' own _run/_recur_backward are wrapped too."""
+    subclasses' own _forward_loop/_backward_loop are wrapped too."""
     targets = []
     for (cls, name), label in TIMED.items():
-        classes = [cls, *cls.__subclasses__()] if name.startswith("_r") else [cls]
+        classes = [cls, *cls.__subclasses__()] if name.endswith("_loop") else [cls]
         targets += [(c, name, label) for c in classes if name in vars(c)]
     for cls, name, label in targets:
         fn = vars(cls)[name]

@@ -16,19 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from charlm.cells import CELLS, Recurrent
 from charlm.config import ModelConfig
-from charlm.layers import (
-    GRU,
-    LSTM,
-    RNN,
-    Recurrent,
-    log_softmax_pick,
-    scatter_rows,
-    softmax_cross_entropy_,
-)
-
-CELLS: dict[str, type[Recurrent]] = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
-
+from charlm.layers import log_softmax_pick, scatter_rows, softmax_cross_entropy_
 
 State = list[tuple[np.ndarray, ...]]  # one tuple of (B, H) arrays per layer
 

@@ -167,12 +167,12 @@ class Sampler:
         cells = self.model.rnn
         pre = self.pre[0]
         np.copyto(pre, self.table[x])
-        a = cells[0].step(pre, self.state[0])
+        a = cells[0].forward_one(pre, self.state[0])
         for layer in range(1, len(cells)):
             pre = self.pre[layer]
             np.matmul(cells[layer].w_ih, a, out=pre)
             pre += self.bias[layer]
-            a = cells[layer].step(pre, self.state[layer])
+            a = cells[layer].forward_one(pre, self.state[layer])
         return a
 
     def warm_up(self) -> int:
