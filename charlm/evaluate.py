@@ -21,8 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from charlm.config import check_unknown_policy
 from charlm.data import RELEASE_EVERY, release_pages
-from charlm.errors import CharlmError
+from charlm.errors import CharlmError, ConfigError
 from charlm.model import CharModel
 from charlm.vocab import Vocab, code_points, describe_char
 
@@ -121,6 +122,21 @@ def surprisal(model: CharModel, ids: np.ndarray, **kw) -> np.ndarray:
 # --------------------------------------------------------------------------- #
 
 
+class UnknownCharacters(CharlmError):
+    """Sentences hold characters the model has never seen, and the policy is to refuse them.
+
+    ``what`` names the characters and the sentences; the message adds what to do."""
+
+    def __init__(self, missing: Counter, sentences: Sequence[int]) -> None:
+        listed = ", ".join(describe_char(c) for c, _ in missing.most_common(10))
+        more = "" if len(missing) <= 10 else f" and {len(missing) - 10} more"
+        which = ", ".join(map(str, sentences[:10])) + (", …" if len(sentences) > 10 else "")
+        self.what = (
+            f"{sum(missing.values())} character(s) not in the model's vocabulary: {listed}{more} (sentence {which})"
+        )
+        super().__init__(f"{self.what}. Remove them, or score with the unknown-character policy 'skip' to drop them.")
+
+
 @dataclass(frozen=True)
 class SentenceScore(Score):
     """A sentence's score: ``nats`` = −log P(sentence), the sum of its characters' surprisals."""
@@ -151,15 +167,15 @@ def score_sentences(
     The model is fed x<1> = "\n" from a<0> = c<0> = 0 when the vocabulary has a
     newline, and every character y<t> of the sentence is scored:
     −log P(sentence) = −Σ_t log ŷ<t>[y<t>]. Without a newline in the vocabulary
-    the first character is fed, not scored. unknown: "error" raises CharlmError
-    naming the characters the model has never seen; "skip" drops them.
+    the first character is fed, not scored. unknown: "error" raises
+    UnknownCharacters naming the characters the model has never seen; "skip"
+    drops them.
 
     Sentences are scored in batches of ``batch_size``, grouped by length and
     padded at the end: padding comes after every scored position, so it never
     changes a score.
     """
-    if unknown not in ("error", "skip"):
-        raise ValueError(f"unknown must be 'error' or 'skip', not {unknown!r}")
+    check_unknown_policy(unknown)
     start = vocab.index("\n")
     encoded, dropped = [], []
     missing: Counter = Counter()
@@ -173,13 +189,7 @@ def score_sentences(
         encoded.append(ids if start is None else np.concatenate(([start], ids)))
         dropped.append(enc.unknown_count)
     if missing and unknown == "error":
-        listed = ", ".join(describe_char(c) for c, _ in missing.most_common(10))
-        more = "" if len(missing) <= 10 else f" and {len(missing) - 10} more"
-        which = ", ".join(map(str, where[:10])) + (", …" if len(where) > 10 else "")
-        raise CharlmError(
-            f"{sum(missing.values())} character(s) not in the model's vocabulary: {listed}{more} "
-            f"(sentence {which}). Remove them, or use --unknown skip to drop them."
-        )
+        raise UnknownCharacters(missing, where)
     empty = [i + 1 for i, ids in enumerate(encoded) if len(ids) < 2]
     if empty:
         which = ", ".join(map(str, empty[:10])) + (", …" if len(empty) > 10 else "")
@@ -237,6 +247,22 @@ def text_surprisal(model: CharModel, vocab: Vocab, text: str) -> tuple[np.ndarra
     out = np.full(len(cps), np.nan)
     out[known[1:]] = nats
     return out, Score(float(nats.sum()), int(nats.size), enc.unknown_count)
+
+
+@dataclass(frozen=True)
+class SpanConfig:
+    """Which surprising spans of a text to list (see ``surprising_spans``)."""
+
+    spans: int = 5  # how many spans to list, most surprising first (0: none)
+    span_width: int = 12  # characters per span
+
+    def check(self) -> SpanConfig:
+        """Raise ConfigError naming the first setting that cannot work; return self."""
+        if self.spans < 0:
+            raise ConfigError("spans", f"must be 0 or more (got {self.spans}).")
+        if self.span_width < 1:
+            raise ConfigError("span_width", f"must be at least 1 (got {self.span_width}).")
+        return self
 
 
 @dataclass(frozen=True)
