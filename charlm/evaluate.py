@@ -24,7 +24,7 @@ import numpy as np
 from charlm.config import check_unknown_policy
 from charlm.data import RELEASE_EVERY, release_pages
 from charlm.errors import CharlmError, ConfigError
-from charlm.model import CharModel
+from charlm.model import CharModel, State
 from charlm.vocab import Vocab, code_points, describe_char
 
 EVAL_BATCH = 64  # rows scored in parallel
@@ -74,15 +74,7 @@ def surprisal_chunks(
     L = n_targets // B
     rows_x = ids[: B * L].reshape(B, L)
     rows_y = ids[1 : B * L + 1].reshape(B, L)
-    state = model.zero_state(B)
-    W = min(warmup, L)  # row b ≥ 1 starts at bL ≥ L, so W characters precede it
-    if B > 1 and W > 0:
-        before = np.stack([ids[b * L - W : b * L] for b in range(1, B)], axis=1).astype(np.int64)  # (W, B−1)
-        _, warm = model.nll(before, before, model.zero_state(B - 1))  # only the final state is kept
-        state = [
-            tuple(np.concatenate([z[:1], w]) for z, w in zip(zl, wl, strict=True))
-            for zl, wl in zip(state, warm, strict=True)
-        ]  # row 0 starts the text: zero state
+    state = _row_states(model, ids, B, L, warmup)
     starts = np.arange(B)[None, :] * L  # (1, B)
     for s in range(0, L, seq_len):
         e = min(L, s + seq_len)
@@ -99,6 +91,21 @@ def surprisal_chunks(
         y = ids[B * L + 1 : B * L + rest + 1].astype(np.int64).reshape(rest, 1)
         nats, _ = model.nll(x, y, tail_state)
         yield np.arange(B * L, B * L + rest)[:, None], nats
+
+
+def _row_states(model: CharModel, ids: np.ndarray, B: int, L: int, warmup: int) -> State:
+    """The state each of B rows of length L starts from: row 0 starts the text (zero
+    state); row b ≥ 1 has read the ``warmup`` characters before its start, unscored."""
+    state = model.zero_state(B)
+    W = min(warmup, L)  # row b ≥ 1 starts at bL ≥ L, so W characters precede it
+    if B > 1 and W > 0:
+        before = np.stack([ids[b * L - W : b * L] for b in range(1, B)], axis=1).astype(np.int64)  # (W, B−1)
+        _, warm = model.nll(before, before, model.zero_state(B - 1))  # only the final state is kept
+        state = [
+            tuple(np.concatenate([z[:1], w]) for z, w in zip(zl, wl, strict=True))
+            for zl, wl in zip(state, warm, strict=True)
+        ]
+    return state
 
 
 def score_ids(model: CharModel, ids: np.ndarray, unknown: int = 0, **kw) -> Score:
@@ -176,6 +183,22 @@ def score_sentences(
     changes a score.
     """
     check_unknown_policy(unknown)
+    encoded, dropped = _encode_sentences(vocab, sentences, unknown)
+    lengths = np.array([len(ids) for ids in encoded], dtype=np.int64)
+    nats = np.zeros(len(sentences))
+    order = np.argsort(lengths, kind="stable")
+    for g in range(0, len(order), batch_size):
+        group = order[g : g + batch_size]
+        nats[group] = _group_nats(model, [encoded[i] for i in group], seq_len)
+    return [
+        SentenceScore(float(nats[i]), max(0, int(lengths[i]) - 1), dropped[i], text=text)
+        for i, text in enumerate(sentences)
+    ]
+
+
+def _encode_sentences(vocab: Vocab, sentences: Sequence[str], unknown: str) -> tuple[list[np.ndarray], list[int]]:
+    """Each sentence's ids after a newline (when the vocabulary has one), and how many
+    unknown characters each lost; refused as UnknownCharacters under the "error" policy."""
     start = vocab.index("\n")
     encoded, dropped = [], []
     missing: Counter = Counter()
@@ -197,34 +220,29 @@ def score_sentences(
             f"sentence {which}: no character the model knows is left to score once the unknown ones are "
             "dropped. Leave that sentence out, or score it with a model trained on such text."
         )
-    nats = np.zeros(len(sentences))
-    lengths = np.array([len(ids) for ids in encoded], dtype=np.int64)
-    order = np.argsort(lengths, kind="stable")
-    for g in range(0, len(order), batch_size):
-        group = order[g : g + batch_size]
-        T = int(lengths[group].max()) - 1  # predicted positions of the longest
-        if T < 1:
-            continue
-        B = len(group)
-        x = np.zeros((T, B), np.int64)  # (T, B) inputs, padded with id 0
-        y = np.zeros((T, B), np.int64)  # (T, B) targets
-        keep = np.zeros((T, B))  # (T, B) 1 where a real character is predicted
-        for b, i in enumerate(group):
-            ids = encoded[i]
-            n = len(ids) - 1
-            if n > 0:
-                x[:n, b], y[:n, b], keep[:n, b] = ids[:-1], ids[1:], 1.0
-        state = model.zero_state(B)
-        total = np.zeros(B)
-        for s in range(0, T, seq_len):
-            e = min(T, s + seq_len)
-            chunk, state = model.nll(x[s:e], y[s:e], state)  # (T', B)
-            total += (chunk * keep[s:e]).sum(axis=0)
-        nats[group] = total
-    return [
-        SentenceScore(float(nats[i]), max(0, int(lengths[i]) - 1), dropped[i], text=text)
-        for i, text in enumerate(sentences)
-    ]
+    return encoded, dropped
+
+
+def _group_nats(model: CharModel, group: list[np.ndarray], seq_len: int) -> np.ndarray:
+    """−log P of each id sequence of a batch (B,), its first id fed, not scored; padded at the end."""
+    B = len(group)
+    T = max(len(ids) for ids in group) - 1  # predicted positions of the longest
+    if T < 1:
+        return np.zeros(B)
+    x = np.zeros((T, B), np.int64)  # (T, B) inputs, padded with id 0
+    y = np.zeros((T, B), np.int64)  # (T, B) targets
+    keep = np.zeros((T, B))  # (T, B) 1 where a real character is predicted
+    for b, ids in enumerate(group):
+        n = len(ids) - 1
+        if n > 0:
+            x[:n, b], y[:n, b], keep[:n, b] = ids[:-1], ids[1:], 1.0
+    state = model.zero_state(B)
+    total = np.zeros(B)
+    for s in range(0, T, seq_len):
+        e = min(T, s + seq_len)
+        chunk, state = model.nll(x[s:e], y[s:e], state)  # (T', B)
+        total += (chunk * keep[s:e]).sum(axis=0)
+    return total
 
 
 # --------------------------------------------------------------------------- #

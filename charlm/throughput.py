@@ -119,6 +119,15 @@ def train_throughput(cfg: BenchConfig) -> tuple[list[float], float]:
 
     for k in range(3):  # warm-up: workspaces, BLAS threads, caches
         step(k)
+    rates = _timed_windows(step, T * B, cfg)
+    workers_mb = stepper.workers_peak_rss_mb()
+    stepper.close()
+    return rates, workers_mb
+
+
+def _timed_windows(step, chars_per_step: int, cfg: BenchConfig) -> list[float]:
+    """Characters per second of ``step(k)`` (k = 0, 1, …) in each of ``cfg.windows`` windows
+    of at least ``cfg.window_seconds`` and two steps."""
     rates = []
     k = 0
     for _ in range(cfg.windows):
@@ -130,10 +139,8 @@ def train_throughput(cfg: BenchConfig) -> tuple[list[float], float]:
             dt = time.perf_counter() - t0
             if dt >= cfg.window_seconds and n >= 2:
                 break
-        rates.append(n * T * B / dt)
-    workers_mb = stepper.workers_peak_rss_mb()
-    stepper.close()
-    return rates, workers_mb
+        rates.append(n * chars_per_step / dt)
+    return rates
 
 
 def sample_throughput(cfg: BenchConfig, windows: int = 5) -> list[float]:

@@ -268,8 +268,7 @@ def perplexity(
     from charlm.checkpoint import load
     from charlm.corpora import resolve
     from charlm.data import encode_stream, iter_text
-    from charlm.evaluate import SpanConfig, score_ids, surprising_spans, text_surprisal
-    from charlm.report import perplexity_text
+    from charlm.evaluate import SpanConfig, score_ids
 
     listed = SpanConfig(spans=spans, span_width=span_width).check()
     ckpt = load(checkpoint_path(checkpoint, model_name))
@@ -282,25 +281,39 @@ def perplexity(
     if len(enc.ids) < 2:
         raise CharlmError("the text has fewer than two characters the model knows; nothing to score.")
     if show:
-        from charlm.report import heatmap, legend, span_lines
-
-        nats, score = text_surprisal(ckpt.build_model(), ckpt.vocab, text)
-        if out.is_terminal:  # coloured (under NO_COLOR only bold and reverse video mark the top bins)
-            out.print(heatmap(text, nats), end="" if text.endswith("\n") else "\n")
-        else:  # a file or a pipe gets the text exactly
-            out.file.write(text if text.endswith("\n") else text + "\n")
-        out.print(legend())
-        if listed.spans:
-            found = surprising_spans(nats, listed.span_width, listed.spans)
-            out.print(span_lines(text, found, listed.span_width))
-        out.print()
+        result = _show_surprisal(ckpt, text, listed)
     else:
-        score = score_ids(ckpt.build_model(), enc.ids, unknown=enc.unknown_count)
-    out.print(f"nats/char   {score.nats_per_char:.4f}")
-    out.print(f"bits/char   {score.bits_per_char:.4f}")
-    out.print(f"perplexity  {perplexity_text(score.nats_per_char, 4)}")
-    out.print(f"scored      {score.chars:,} characters")
-    out.print(f"unknown     {score.unknown:,} characters skipped (not in the model's vocabulary)")
+        result = score_ids(ckpt.build_model(), enc.ids, unknown=enc.unknown_count)
+    _print_score(result)
+
+
+def _show_surprisal(ckpt, text: str, listed):
+    """Print the text coloured by surprisal, the legend and the most surprising spans; return the Score."""
+    from charlm.evaluate import surprising_spans, text_surprisal
+    from charlm.report import heatmap, legend, span_lines
+
+    nats, result = text_surprisal(ckpt.build_model(), ckpt.vocab, text)
+    if out.is_terminal:  # coloured (under NO_COLOR only bold and reverse video mark the top bins)
+        out.print(heatmap(text, nats), end="" if text.endswith("\n") else "\n")
+    else:  # a file or a pipe gets the text exactly
+        out.file.write(text if text.endswith("\n") else text + "\n")
+    out.print(legend())
+    if listed.spans:
+        found = surprising_spans(nats, listed.span_width, listed.spans)
+        out.print(span_lines(text, found, listed.span_width))
+    out.print()
+    return result
+
+
+def _print_score(result) -> None:
+    """A Score as five aligned lines."""
+    from charlm.report import perplexity_text
+
+    out.print(f"nats/char   {result.nats_per_char:.4f}")
+    out.print(f"bits/char   {result.bits_per_char:.4f}")
+    out.print(f"perplexity  {perplexity_text(result.nats_per_char, 4)}")
+    out.print(f"scored      {result.chars:,} characters")
+    out.print(f"unknown     {result.unknown:,} characters skipped (not in the model's vocabulary)")
 
 
 # --------------------------------------------------------------------------- #
@@ -346,23 +359,11 @@ def score(
     """
     from charlm.checkpoint import load
     from charlm.config import check_unknown_policy
-    from charlm.data import decode_bytes, read_text
     from charlm.evaluate import UnknownCharacters, score_sentences
     from charlm.report import score_json, score_table
 
     check_unknown_policy(unknown)
-    texts = list(sentences or [])
-    for i, sentence in enumerate(texts, 1):
-        if not sentence:
-            raise UsageError(f"sentence {i} is empty. Give at least one character, or leave it out.")
-    if file is not None:
-        if file != "-" and not Path(file).is_file():
-            what = "is a folder" if Path(file).is_dir() else "no such file"
-            raise UsageError(f"--file {file}: {what}. Give a text file with one sentence per line.")
-        text = decode_bytes(sys.stdin.buffer.read(), "standard input") if file == "-" else read_text(Path(file))
-        texts += [line.removesuffix("\r") for line in text.split("\n") if line.strip()]
-    if not texts:
-        raise UsageError("nothing to score. Give one or more sentences, or --file PATH with one sentence per line.")
+    texts = _sentences(sentences or [], file)
     ckpt = load(checkpoint_path(checkpoint, model_name))
     try:
         scores = score_sentences(ckpt.build_model(), ckpt.vocab, texts, unknown=unknown)
@@ -379,3 +380,22 @@ def score(
         sys.stdout.write(score_json(ranked, [i + 1 for i in order]) + "\n")
     else:
         out.print(score_table(ranked))
+
+
+def _sentences(given: list[str], file: str | None) -> list[str]:
+    """The sentences given, then every non-blank line of --file (- for standard input)."""
+    from charlm.data import decode_bytes, read_text
+
+    texts = list(given)
+    for i, sentence in enumerate(texts, 1):
+        if not sentence:
+            raise UsageError(f"sentence {i} is empty. Give at least one character, or leave it out.")
+    if file is not None:
+        if file != "-" and not Path(file).is_file():
+            what = "is a folder" if Path(file).is_dir() else "no such file"
+            raise UsageError(f"--file {file}: {what}. Give a text file with one sentence per line.")
+        text = decode_bytes(sys.stdin.buffer.read(), "standard input") if file == "-" else read_text(Path(file))
+        texts += [line.removesuffix("\r") for line in text.split("\n") if line.strip()]
+    if not texts:
+        raise UsageError("nothing to score. Give one or more sentences, or --file PATH with one sentence per line.")
+    return texts
