@@ -481,6 +481,16 @@ def test_stop_string_with_escapes(tiny_checkpoint):
     assert "warning" in never.stderr and "'€'" in never.stderr
 
 
+@pytest.mark.parametrize(
+    "given, meant",
+    [("\\n\\n", "\n\n"), ("a\\tb\\r", "a\tb\r"), ("\\\\n", "\\n"), ("\\q\\", "\\q\\"), ("é", "é")],
+)
+def test_stop_escapes_are_read_left_to_right(given, meant):
+    from charlm.cli.generate import unescape
+
+    assert unescape(given) == meant
+
+
 def test_model_alias(tiny_checkpoint, monkeypatch):
     import charlm.corpora
 

@@ -121,7 +121,7 @@ def sample(
         top_k=top_k,
         top_p=top_p,
         seed=seed,
-        stop=None if stop is None else _unescape(stop),
+        stop=None if stop is None else unescape(stop),
         num_samples=num_samples,
         unknown=unknown,
     ).check()
@@ -190,18 +190,12 @@ def _write_samples(sampler, ids, prime: str) -> None:
     stream.flush()
 
 
-def _unescape(text: str) -> str:
+def unescape(text: str) -> str:
     """\\n, \\t, \\r and \\\\ in a command-line string → newline, tab, carriage return, backslash."""
+    import re
+
     escapes = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
-    out, i = [], 0
-    while i < len(text):
-        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in escapes:
-            out.append(escapes[text[i + 1]])
-            i += 2
-        else:
-            out.append(text[i])
-            i += 1
-    return "".join(out)
+    return re.sub(r"\\([ntr\\])", lambda m: escapes[m.group(1)], text)  # left to right: \\n is \ then n
 
 
 def _read_prime(path: Path) -> str:
