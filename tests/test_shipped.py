@@ -24,6 +24,7 @@ runner = CliRunner()
 MAX_BYTES = 8 * 2**20  # small enough to ship in the wheel
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SHIPPED_MODELS)
 def test_shipped_model_is_small_float16_and_trained_on_its_corpus(name):
     path = shipped_model(name)
@@ -69,6 +70,7 @@ def test_info_shows_a_shipped_model():
     assert "2×512 LSTM" in r.stdout and "validation curve" in r.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SHIPPED_MODELS)
 def test_an_unprompted_sample_starts_from_a_warmed_up_state(name):
     """Training meets a zero state only at the start of a stream, so from it the
