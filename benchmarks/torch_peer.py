@@ -15,7 +15,7 @@ Sampling: batch 1, one character per step through the same modules with the stat
 ŷ<t> = softmax(u<t> / τ) with τ = 1, the next character drawn with torch.multinomial, under
 torch.inference_mode().
 
-The protocol is charlm/bench.py's: training is 3 warm-up steps, then ``--windows`` timed
+The protocol is charlm/throughput.py's: training is 3 warm-up steps, then ``--windows`` timed
 windows of at least ``--window-seconds`` (and 2 steps) each, median reported; sampling is a
 200-character warm-up, then 5 windows of 2000 characters, median reported. PyTorch runs with its
 defaults: all cores (torch.get_num_threads() is not lowered), default backends (oneDNN where PyTorch
@@ -43,7 +43,7 @@ GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # H-wide blocks in each fused weight
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """Mirrors charlm.bench.BenchConfig field for field (the JSON ``config`` object)."""
+    """Mirrors the JSON ``config`` object of ``charlm bench`` (charlm.throughput.BenchConfig.to_dict)."""
 
     cell: str = "lstm"
     layers: int = 2
@@ -97,7 +97,7 @@ def num_params(cfg: BenchConfig) -> int:
 def flops_per_char(cfg: BenchConfig, training: bool) -> float:
     """Matrix-product FLOPs per character that nn.Embedding → nn.<cell> → nn.Linear performs.
 
-    As charlm.bench.flops_per_char, except that PyTorch computes the first layer's input
+    As charlm.throughput.flops_per_char, except that PyTorch computes the first layer's input
     projection as a product (2·G·H·E per character in the forward pass) where charlm gathers
     rows of a table. Forward: 2·G·H·H + 2·G·H·D per layer, decoder 2·V·H. Backward: twice the
     recurrent, input and decoder products (gradient of the input and of the weight).

@@ -47,3 +47,65 @@ class TrainConfig:
     warmup: int = 50  # steps of linear learning-rate warm-up
     final_lr_frac: float = 0.1  # learning rate at the end, as a fraction of lr
     threads: int = 0  # row blocks computed in parallel (0: one per core, see charlm.parallel)
+
+
+# --------------------------------------------------------------------------- #
+# Sampling (appended: the settings of charlm.sample)
+# --------------------------------------------------------------------------- #
+
+UNKNOWN_POLICIES = ("error", "skip")  # characters the model has never seen: refuse and list them, or drop them
+
+
+def check_unknown_policy(policy: str, setting: str = "unknown") -> None:
+    """Raise ConfigError unless ``policy`` is one of UNKNOWN_POLICIES."""
+    from charlm.errors import ConfigError
+
+    if policy not in UNKNOWN_POLICIES:
+        raise ConfigError(setting, f"must be 'error' or 'skip', not {policy!r}.")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """How text is drawn from a model (see charlm.sample); ``check`` says what cannot work.
+
+    Greedy decoding is temperature 0: the argmax, the same text for every seed.
+    """
+
+    length: int = 200  # characters generated per sample, not counting the prime
+    temperature: float = 1.0  # τ: logits are divided by it before the softmax; 0 takes the argmax
+    top_k: int | None = None  # draw only from the k most likely characters (None: no cut)
+    top_p: float | None = None  # nucleus: the smallest set of most likely characters with mass ≥ p (None: no cut)
+    seed: int | None = None  # seeds the uniform numbers of the draws (None: fresh entropy every run)
+    stop: str | None = None  # end a sample as soon as the generated text ends with this string
+    num_samples: int = 1  # independent samples, each starting again from the prime
+    unknown: str = "error"  # prime characters the model has never seen: error (refuse) or skip (drop them)
+
+    def check(self) -> SampleConfig:
+        """Raise ConfigError naming the first setting that cannot work; return self."""
+        import math
+
+        from charlm.errors import ConfigError
+
+        t = self.temperature
+        if not (math.isfinite(t) and t >= 0):
+            raise ConfigError(
+                "temperature",
+                f"must be a number ≥ 0 (got {t:g}). Use 1 for the model's own distribution, "
+                "0 for the most likely character.",
+            )
+        if self.top_k is not None and self.top_k < 1:
+            raise ConfigError("top_k", f"must be at least 1 (got {self.top_k}). Leave it out to keep every character.")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ConfigError(
+                "top_p", f"must be in (0, 1] (got {self.top_p:g}). Leave it out, or use 1, to keep every character."
+            )
+        if self.length < 0:
+            raise ConfigError("length", f"must be 0 or more (got {self.length}).")
+        if self.num_samples < 1:
+            raise ConfigError("num_samples", f"must be at least 1 (got {self.num_samples}).")
+        check_unknown_policy(self.unknown)
+        if self.stop is not None and not self.stop:
+            raise ConfigError("stop", "needs at least one character.")
+        if self.seed is not None and self.seed < 0:
+            raise ConfigError("seed", f"must be 0 or more (got {self.seed}).")
+        return self

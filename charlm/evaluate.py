@@ -21,9 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from charlm.config import check_unknown_policy
 from charlm.data import RELEASE_EVERY, release_pages
-from charlm.errors import CharlmError
-from charlm.model import CharModel
+from charlm.errors import CharlmError, ConfigError
+from charlm.model import CharModel, State
 from charlm.vocab import Vocab, code_points, describe_char
 
 EVAL_BATCH = 64  # rows scored in parallel
@@ -73,15 +74,7 @@ def surprisal_chunks(
     L = n_targets // B
     rows_x = ids[: B * L].reshape(B, L)
     rows_y = ids[1 : B * L + 1].reshape(B, L)
-    state = model.zero_state(B)
-    W = min(warmup, L)  # row b ≥ 1 starts at bL ≥ L, so W characters precede it
-    if B > 1 and W > 0:
-        before = np.stack([ids[b * L - W : b * L] for b in range(1, B)], axis=1).astype(np.int64)  # (W, B−1)
-        _, warm = model.nll(before, before, model.zero_state(B - 1))  # only the final state is kept
-        state = [
-            tuple(np.concatenate([z[:1], w]) for z, w in zip(zl, wl, strict=True))
-            for zl, wl in zip(state, warm, strict=True)
-        ]  # row 0 starts the text: zero state
+    state = _row_states(model, ids, B, L, warmup)
     starts = np.arange(B)[None, :] * L  # (1, B)
     for s in range(0, L, seq_len):
         e = min(L, s + seq_len)
@@ -98,6 +91,21 @@ def surprisal_chunks(
         y = ids[B * L + 1 : B * L + rest + 1].astype(np.int64).reshape(rest, 1)
         nats, _ = model.nll(x, y, tail_state)
         yield np.arange(B * L, B * L + rest)[:, None], nats
+
+
+def _row_states(model: CharModel, ids: np.ndarray, B: int, L: int, warmup: int) -> State:
+    """The state each of B rows of length L starts from: row 0 starts the text (zero
+    state); row b ≥ 1 has read the ``warmup`` characters before its start, unscored."""
+    state = model.zero_state(B)
+    W = min(warmup, L)  # row b ≥ 1 starts at bL ≥ L, so W characters precede it
+    if B > 1 and W > 0:
+        before = np.stack([ids[b * L - W : b * L] for b in range(1, B)], axis=1).astype(np.int64)  # (W, B−1)
+        _, warm = model.nll(before, before, model.zero_state(B - 1))  # only the final state is kept
+        state = [
+            tuple(np.concatenate([z[:1], w]) for z, w in zip(zl, wl, strict=True))
+            for zl, wl in zip(state, warm, strict=True)
+        ]
+    return state
 
 
 def score_ids(model: CharModel, ids: np.ndarray, unknown: int = 0, **kw) -> Score:
@@ -119,6 +127,21 @@ def surprisal(model: CharModel, ids: np.ndarray, **kw) -> np.ndarray:
 # --------------------------------------------------------------------------- #
 # Sentences: log P(y<1>, …, y<T>) = Σ_t log P(y<t> | y<1>, …, y<t-1>)
 # --------------------------------------------------------------------------- #
+
+
+class UnknownCharacters(CharlmError):
+    """Sentences hold characters the model has never seen, and the policy is to refuse them.
+
+    ``what`` names the characters and the sentences; the message adds what to do."""
+
+    def __init__(self, missing: Counter, sentences: Sequence[int]) -> None:
+        listed = ", ".join(describe_char(c) for c, _ in missing.most_common(10))
+        more = "" if len(missing) <= 10 else f" and {len(missing) - 10} more"
+        which = ", ".join(map(str, sentences[:10])) + (", …" if len(sentences) > 10 else "")
+        self.what = (
+            f"{sum(missing.values())} character(s) not in the model's vocabulary: {listed}{more} (sentence {which})"
+        )
+        super().__init__(f"{self.what}. Remove them, or score with the unknown-character policy 'skip' to drop them.")
 
 
 @dataclass(frozen=True)
@@ -151,15 +174,31 @@ def score_sentences(
     The model is fed x<1> = "\n" from a<0> = c<0> = 0 when the vocabulary has a
     newline, and every character y<t> of the sentence is scored:
     −log P(sentence) = −Σ_t log ŷ<t>[y<t>]. Without a newline in the vocabulary
-    the first character is fed, not scored. unknown: "error" raises CharlmError
-    naming the characters the model has never seen; "skip" drops them.
+    the first character is fed, not scored. unknown: "error" raises
+    UnknownCharacters naming the characters the model has never seen; "skip"
+    drops them.
 
     Sentences are scored in batches of ``batch_size``, grouped by length and
     padded at the end: padding comes after every scored position, so it never
     changes a score.
     """
-    if unknown not in ("error", "skip"):
-        raise ValueError(f"unknown must be 'error' or 'skip', not {unknown!r}")
+    check_unknown_policy(unknown)
+    encoded, dropped = _encode_sentences(vocab, sentences, unknown)
+    lengths = np.array([len(ids) for ids in encoded], dtype=np.int64)
+    nats = np.zeros(len(sentences))
+    order = np.argsort(lengths, kind="stable")
+    for g in range(0, len(order), batch_size):
+        group = order[g : g + batch_size]
+        nats[group] = _group_nats(model, [encoded[i] for i in group], seq_len)
+    return [
+        SentenceScore(float(nats[i]), max(0, int(lengths[i]) - 1), dropped[i], text=text)
+        for i, text in enumerate(sentences)
+    ]
+
+
+def _encode_sentences(vocab: Vocab, sentences: Sequence[str], unknown: str) -> tuple[list[np.ndarray], list[int]]:
+    """Each sentence's ids after a newline (when the vocabulary has one), and how many
+    unknown characters each lost; refused as UnknownCharacters under the "error" policy."""
     start = vocab.index("\n")
     encoded, dropped = [], []
     missing: Counter = Counter()
@@ -173,13 +212,7 @@ def score_sentences(
         encoded.append(ids if start is None else np.concatenate(([start], ids)))
         dropped.append(enc.unknown_count)
     if missing and unknown == "error":
-        listed = ", ".join(describe_char(c) for c, _ in missing.most_common(10))
-        more = "" if len(missing) <= 10 else f" and {len(missing) - 10} more"
-        which = ", ".join(map(str, where[:10])) + (", …" if len(where) > 10 else "")
-        raise CharlmError(
-            f"{sum(missing.values())} character(s) not in the model's vocabulary: {listed}{more} "
-            f"(sentence {which}). Remove them, or use --unknown skip to drop them."
-        )
+        raise UnknownCharacters(missing, where)
     empty = [i + 1 for i, ids in enumerate(encoded) if len(ids) < 2]
     if empty:
         which = ", ".join(map(str, empty[:10])) + (", …" if len(empty) > 10 else "")
@@ -187,34 +220,29 @@ def score_sentences(
             f"sentence {which}: no character the model knows is left to score once the unknown ones are "
             "dropped. Leave that sentence out, or score it with a model trained on such text."
         )
-    nats = np.zeros(len(sentences))
-    lengths = np.array([len(ids) for ids in encoded], dtype=np.int64)
-    order = np.argsort(lengths, kind="stable")
-    for g in range(0, len(order), batch_size):
-        group = order[g : g + batch_size]
-        T = int(lengths[group].max()) - 1  # predicted positions of the longest
-        if T < 1:
-            continue
-        B = len(group)
-        x = np.zeros((T, B), np.int64)  # (T, B) inputs, padded with id 0
-        y = np.zeros((T, B), np.int64)  # (T, B) targets
-        keep = np.zeros((T, B))  # (T, B) 1 where a real character is predicted
-        for b, i in enumerate(group):
-            ids = encoded[i]
-            n = len(ids) - 1
-            if n > 0:
-                x[:n, b], y[:n, b], keep[:n, b] = ids[:-1], ids[1:], 1.0
-        state = model.zero_state(B)
-        total = np.zeros(B)
-        for s in range(0, T, seq_len):
-            e = min(T, s + seq_len)
-            chunk, state = model.nll(x[s:e], y[s:e], state)  # (T', B)
-            total += (chunk * keep[s:e]).sum(axis=0)
-        nats[group] = total
-    return [
-        SentenceScore(float(nats[i]), max(0, int(lengths[i]) - 1), dropped[i], text=text)
-        for i, text in enumerate(sentences)
-    ]
+    return encoded, dropped
+
+
+def _group_nats(model: CharModel, group: list[np.ndarray], seq_len: int) -> np.ndarray:
+    """−log P of each id sequence of a batch (B,), its first id fed, not scored; padded at the end."""
+    B = len(group)
+    T = max(len(ids) for ids in group) - 1  # predicted positions of the longest
+    if T < 1:
+        return np.zeros(B)
+    x = np.zeros((T, B), np.int64)  # (T, B) inputs, padded with id 0
+    y = np.zeros((T, B), np.int64)  # (T, B) targets
+    keep = np.zeros((T, B))  # (T, B) 1 where a real character is predicted
+    for b, ids in enumerate(group):
+        n = len(ids) - 1
+        if n > 0:
+            x[:n, b], y[:n, b], keep[:n, b] = ids[:-1], ids[1:], 1.0
+    state = model.zero_state(B)
+    total = np.zeros(B)
+    for s in range(0, T, seq_len):
+        e = min(T, s + seq_len)
+        chunk, state = model.nll(x[s:e], y[s:e], state)  # (T', B)
+        total += (chunk * keep[s:e]).sum(axis=0)
+    return total
 
 
 # --------------------------------------------------------------------------- #
@@ -237,6 +265,22 @@ def text_surprisal(model: CharModel, vocab: Vocab, text: str) -> tuple[np.ndarra
     out = np.full(len(cps), np.nan)
     out[known[1:]] = nats
     return out, Score(float(nats.sum()), int(nats.size), enc.unknown_count)
+
+
+@dataclass(frozen=True)
+class SpanConfig:
+    """Which surprising spans of a text to list (see ``surprising_spans``)."""
+
+    spans: int = 5  # how many spans to list, most surprising first (0: none)
+    span_width: int = 12  # characters per span
+
+    def check(self) -> SpanConfig:
+        """Raise ConfigError naming the first setting that cannot work; return self."""
+        if self.spans < 0:
+            raise ConfigError("spans", f"must be 0 or more (got {self.spans}).")
+        if self.span_width < 1:
+            raise ConfigError("span_width", f"must be at least 1 (got {self.span_width}).")
+        return self
 
 
 @dataclass(frozen=True)

@@ -220,6 +220,11 @@ class CharModel:
 
     # -- inference ------------------------------------------------------------
 
+    def forward_states(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        """The top layer's output a[N]<t> (T, B, H) for a (T, B) chunk, and the final state; no dropout."""
+        top, new_state, _ = self._forward(ids, state, None)
+        return top, new_state
+
     def forward_logits(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
         """Logits (T·B, V) for every position of a (T, B) chunk; no dropout."""
         T, B = ids.shape

@@ -15,23 +15,25 @@ the per-character loop calls NumPy a fixed, small number of times.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
 import numpy as np
 
 from charlm import blas
+from charlm.config import SampleConfig
 from charlm.model import CharModel
 from charlm.vocab import Vocab
 
 WARMUP_CHARS = 256  # unprinted characters of its own that an unprompted sampler reads first
-WARMUP_SEED = 0  # the same warm-up for every --seed: the seed only chooses the printed text
+WARMUP_SEED = 0  # the same warm-up for every seed: the seed only chooses the printed text
+WARMUP = SampleConfig(temperature=1.0, seed=WARMUP_SEED)  # the warm-up draws from the model's own distribution
 
 
 class Decoder:
     """Logits u<t> (V,) and a uniform number U ∈ [0, 1) → the id of the next character.
 
-    With τ = ``temperature``, k = ``top_k`` and p = ``top_p``, in this order:
+    With τ = ``config.temperature``, k = ``config.top_k`` and p = ``config.top_p``
+    (checked by ``config.check()``), in this order:
 
         τ = 0:  x<t+1> = argmax u<t>                               (greedy; k and p are moot)
         top-k:  K = {i : u_i ≥ k-th largest u}                      (every id when k is None or ≥ V)
@@ -47,23 +49,12 @@ class Decoder:
     never be drawn.
     """
 
-    def __init__(
-        self,
-        vocab_size: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        dtype=np.float32,
-    ) -> None:
-        if not (math.isfinite(temperature) and temperature >= 0.0):
-            raise ValueError(f"temperature must be a finite number ≥ 0, not {temperature!r}")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be ≥ 1, not {top_k!r}")
-        if top_p is not None and not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], not {top_p!r}")
+    def __init__(self, vocab_size: int, config: SampleConfig, dtype=np.float32) -> None:
+        config.check()
+        top_k, top_p = config.top_k, config.top_p
         V = vocab_size
         self.vocab_size = V
-        self.temperature = float(temperature)
+        self.temperature = float(config.temperature)
         self.top_k = None if top_k is None or top_k >= V else int(top_k)
         self.top_p = None if top_p is None or top_p >= 1.0 else float(top_p)
         # τ = 0 is the argmax; so is a τ so small that (u_i − max u)/τ could overflow the
@@ -129,10 +120,14 @@ class Decoder:
 
 
 class Sampler:
-    def __init__(self, model: CharModel, vocab: Vocab, seed: int | None = None) -> None:
+    """Text from ``model`` at batch 1, drawn as ``config`` says; the state carries over
+    from one ``generate`` call to the next until ``reset``."""
+
+    def __init__(self, model: CharModel, vocab: Vocab, config: SampleConfig = SampleConfig()) -> None:
+        self.config = config.check()
         self.model = model
         self.vocab = vocab
-        self.rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(config.seed)
         p = model.params
         first = model.rnn[0]
         self.table = p["embedding.weight"] @ first.w_ih.T + first.b_ih + first.b_hh  # (V, G·H)
@@ -141,26 +136,27 @@ class Sampler:
         self.dec_b = p["decoder.bias"].copy()  # (V,)
         self.pre = [np.empty(cell.gates * cell.hidden_size, model.dtype) for cell in model.rnn]
         self.logits = np.empty(len(vocab), model.dtype)  # (V,)
+        self.decoder = Decoder(len(vocab), config, model.dtype)
         self.state = [tuple(s[0] for s in layer) for layer in model.zero_state(1)]  # (H,) vectors, updated in place
-        self._last: int | None = None  # the id fed next: the last character given or generated, not yet read
+        self.last: int | None = None  # the id fed next: the last character given or generated, not yet read
 
     def feed(self, ids: np.ndarray) -> None:
         """Run the prompt through the model (batched over time), updating the state.
 
         The state then holds everything but the prompt's last character, which is
         the id ``generate`` feeds first (as after a generated character): the state
-        has always read all text but ``_last``."""
+        has always read all text but ``last``."""
         if len(ids) == 0:
             return
-        pending = [] if self._last is None else [self._last]
+        pending = [] if self.last is None else [self.last]
         x = np.asarray([*pending, *ids[:-1]], dtype=np.int64).reshape(-1, 1)  # (T, 1)
         if len(x):
             state = [tuple(s[None, :] for s in layer) for layer in self.state]
-            _, new_state, _ = self.model._forward(x, state, None)
+            _, new_state = self.model.forward_states(x, state)
             for mine, new in zip(self.state, new_state, strict=True):
                 for part, value in zip(mine, new, strict=True):
                     part[...] = value[0]
-        self._last = int(ids[-1])
+        self.last = int(ids[-1])
 
     def _step(self, x: int) -> np.ndarray:
         """One character through the stack; returns the top hidden vector (H,)."""
@@ -189,15 +185,15 @@ class Sampler:
         """
         newline = self.vocab.index("\n")
         x = newline if newline is not None else int(np.argmax(self.dec_b))
-        choose = Decoder(len(self.vocab), 1.0, None, None, self.logits.dtype).choose
+        choose = Decoder(len(self.vocab), WARMUP, self.logits.dtype).choose
         with blas.limit(1):  # see generate
-            for n, u in enumerate(np.random.default_rng(WARMUP_SEED).random(2 * WARMUP_CHARS).tolist()):
-                x = choose(self._logits(x), u)
+            for n, u in enumerate(np.random.default_rng(WARMUP.seed).random(2 * WARMUP_CHARS).tolist()):
+                x = choose(self.logits_after(x), u)
                 if n + 1 >= WARMUP_CHARS and (newline is None or x == newline):
                     break
         return x
 
-    def _logits(self, x: int) -> np.ndarray:
+    def logits_after(self, x: int) -> np.ndarray:
         """Feed id x; the logits u<t> (V,) of the next character, in the shared buffer."""
         logits = self.logits
         np.matmul(self.dec_w, self._step(x), out=logits)
@@ -209,32 +205,25 @@ class Sampler:
         for layer in self.state:
             for part in layer:
                 part.fill(0.0)
-        self._last = None
+        self.last = None
 
-    def generate(
-        self,
-        length: int,
-        temperature: float = 1.0,
-        first: int | None = None,
-        *,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        stop: str | None = None,
-    ) -> Iterator[str]:
-        """Yield up to ``length`` characters drawn with ``Decoder(temperature, top_k, top_p)``.
+    def generate(self, length: int | None = None, first: int | None = None) -> Iterator[str]:
+        """Yield up to ``length`` (default ``config.length``) characters drawn by the decoder.
 
         ``first`` is the id fed first; by default the last character fed or
         generated, else (nothing fed since a reset) what ``warm_up`` returns. With
-        ``stop``, generation ends as soon as the generated characters end with it
-        (the stop string is yielded too). The uniform numbers are drawn from the
+        ``config.stop``, generation ends as soon as the generated characters end with
+        it (the stop string is yielded too). The uniform numbers are drawn from the
         sampler's generator up front, so a seed fixes the text.
         """
-        x = first if first is not None else self._last
+        length = self.config.length if length is None else length
+        x = first if first is not None else self.last
         if x is None:
             x = self.warm_up()
         chars = self.vocab.chars
-        choose = Decoder(len(chars), temperature, top_k, top_p, self.logits.dtype).choose
+        choose = self.decoder.choose
         uniforms = self.rng.random(length).tolist()
+        stop = self.config.stop
         n_stop = len(stop) if stop else 0
         tail = ""
         # One BLAS thread per product: at batch 1 a second thread gains little, and next to a busy
@@ -242,8 +231,8 @@ class Sampler:
         # holds for the whole process, also while the generator waits at a yield, until it ends or is closed.
         with blas.limit(1):
             for n in range(length):
-                x = choose(self._logits(x), uniforms[n])
-                self._last = x  # a later call continues the text from here
+                x = choose(self.logits_after(x), uniforms[n])
+                self.last = x  # a later call continues the text from here
                 ch = chars[x]
                 yield ch
                 if n_stop:

@@ -11,6 +11,7 @@ import pytest
 from threadpoolctl import threadpool_info
 
 from charlm import blas
+from charlm.config import SampleConfig
 from charlm.model import CharModel, ModelConfig
 from charlm.sample import Sampler
 from charlm.vocab import Vocab
@@ -53,7 +54,9 @@ def test_limit_is_lifted_when_the_block_raises(several_threads):
 
 def test_sampling_uses_one_thread_and_gives_the_rest_back(several_threads):
     vocab = Vocab.from_text("abc de\nfg")
-    sampler = Sampler(CharModel(ModelConfig(len(vocab), embed=3, hidden=5, layers=1), seed=1), vocab, seed=0)
+    sampler = Sampler(
+        CharModel(ModelConfig(len(vocab), embed=3, hidden=5, layers=1), seed=1), vocab, SampleConfig(seed=0)
+    )
     seen = []
     for _ in sampler.generate(5):  # the warm-up runs first, limited as well
         seen.append(numpy_blas_threads())

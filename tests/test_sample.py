@@ -12,9 +12,13 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from charlm.cli import app
+from charlm.config import SampleConfig
+from charlm.errors import ConfigError
 from charlm.model import CharModel, ModelConfig
 from charlm.sample import Decoder, Sampler
 from charlm.vocab import Vocab
@@ -46,6 +50,10 @@ def reference(logits: np.ndarray, temperature: float = 1.0, top_k: int | None = 
     return prob
 
 
+def decoder(vocab_size: int = V, **settings) -> Decoder:
+    return Decoder(vocab_size, SampleConfig(**settings))
+
+
 def draw_counts(decoder: Decoder, logits: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     uniforms = np.random.default_rng(seed).random(n)
     buf = np.empty_like(logits)
@@ -75,7 +83,7 @@ def chi_square(counts: np.ndarray, prob: np.ndarray) -> tuple[float, float]:
 
 @pytest.mark.parametrize("temperature", [0.0, 1e-3, 1e-20, 1e-45])
 def test_temperature_towards_zero_is_the_argmax(temperature):
-    d = Decoder(V, temperature)
+    d = decoder(temperature=temperature)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no overflow or invalid-value warnings either
         counts = draw_counts(d, LOGITS, 500)
@@ -87,7 +95,7 @@ def test_temperature_towards_zero_is_the_argmax(temperature):
 
 
 def test_temperature_one_matches_softmax_chi_square():
-    counts = draw_counts(Decoder(V, 1.0), LOGITS, 20_000)
+    counts = draw_counts(decoder(temperature=1.0), LOGITS, 20_000)
     stat, critical = chi_square(counts, reference(LOGITS))
     assert stat < critical
     # the same counts are clearly not the T = 2 distribution: the test has the power to fail
@@ -97,14 +105,14 @@ def test_temperature_one_matches_softmax_chi_square():
 
 @pytest.mark.parametrize("temperature", [0.5, 2.0])
 def test_temperature_reshapes_the_distribution(temperature):
-    counts = draw_counts(Decoder(V, temperature), LOGITS, 20_000, seed=2)
+    counts = draw_counts(decoder(temperature=temperature), LOGITS, 20_000, seed=2)
     stat, critical = chi_square(counts, reference(LOGITS, temperature))
     assert stat < critical
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 5, 9])
 def test_top_k_never_emits_outside_the_k_best(k):
-    counts = draw_counts(Decoder(V, 1.5, top_k=k), LOGITS, 6_000, seed=k)
+    counts = draw_counts(decoder(temperature=1.5, top_k=k), LOGITS, 6_000, seed=k)
     best = set(np.argsort(-LOGITS)[:k].tolist())
     assert {i for i in range(V) if counts[i]} == best  # never outside, and every one of them drawn
     stat, critical = (0.0, 1.0) if k == 1 else chi_square(counts, reference(LOGITS, 1.5, top_k=k))
@@ -112,15 +120,15 @@ def test_top_k_never_emits_outside_the_k_best(k):
 
 
 def test_top_k_at_least_vocabulary_size_keeps_everything():
-    a = draw_counts(Decoder(V, 1.0, top_k=V), LOGITS, 3_000)
-    b = draw_counts(Decoder(V, 1.0, top_k=10 * V), LOGITS, 3_000)
-    c = draw_counts(Decoder(V, 1.0), LOGITS, 3_000)
+    a = draw_counts(decoder(top_k=V), LOGITS, 3_000)
+    b = draw_counts(decoder(top_k=10 * V), LOGITS, 3_000)
+    c = draw_counts(decoder(), LOGITS, 3_000)
     assert np.array_equal(a, c) and np.array_equal(b, c)
 
 
 @pytest.mark.parametrize("p", [0.05, 0.5, 0.75, 0.9])
 def test_top_p_draws_from_the_nucleus_only(p):
-    counts = draw_counts(Decoder(V, 1.0, top_p=p), LOGITS, 20_000, seed=3)
+    counts = draw_counts(decoder(top_p=p), LOGITS, 20_000, seed=3)
     expected = reference(LOGITS, top_p=p)
     assert {i for i in range(V) if counts[i]} == set(np.flatnonzero(expected).tolist())
     if np.count_nonzero(expected) > 1:
@@ -129,12 +137,12 @@ def test_top_p_draws_from_the_nucleus_only(p):
 
 
 def test_top_p_one_keeps_everything():
-    a = draw_counts(Decoder(V, 1.0, top_p=1.0), LOGITS, 3_000)
-    assert np.array_equal(a, draw_counts(Decoder(V, 1.0), LOGITS, 3_000))
+    a = draw_counts(decoder(top_p=1.0), LOGITS, 3_000)
+    assert np.array_equal(a, draw_counts(decoder(), LOGITS, 3_000))
 
 
 def test_temperature_top_k_and_top_p_compose():
-    d = Decoder(V, 0.7, top_k=5, top_p=0.8)
+    d = decoder(temperature=0.7, top_k=5, top_p=0.8)
     counts = draw_counts(d, LOGITS, 20_000, seed=4)
     expected = reference(LOGITS, 0.7, top_k=5, top_p=0.8)
     assert 1 < np.count_nonzero(expected) < 5  # both filters bite
@@ -144,9 +152,9 @@ def test_temperature_top_k_and_top_p_compose():
 
 def test_a_rounded_up_draw_never_lands_on_a_filtered_id():
     # U·Σw ≥ Σw must fall back to the last id with weight, not to the last id of the vocabulary
-    d = Decoder(V, 1.0, top_k=1)
+    d = decoder(top_k=1)
     assert d.choose(LOGITS.copy(), 1.0) == 0
-    d = Decoder(V, 1.0, top_p=0.3)
+    d = decoder(top_p=0.3)
     assert d.choose(LOGITS.copy(), 1.0) in (0, 9)
 
 
@@ -154,7 +162,7 @@ def test_decoder_allocates_no_array_per_character():
     big = np.random.default_rng(5).standard_normal(20_000).astype(np.float32)  # an 80 kB logit vector
     buf = np.empty_like(big)
     for kw in ({}, {"top_k": 40}, {"top_p": 0.9}, {"top_k": 100, "top_p": 0.5}):
-        d = Decoder(len(big), 0.8, **kw)
+        d = decoder(len(big), temperature=0.8, **kw)
         np.copyto(buf, big)
         d.choose(buf, 0.5)  # warm-up
         tracemalloc.start()
@@ -172,8 +180,52 @@ def test_decoder_allocates_no_array_per_character():
     "kw", [{"temperature": -1.0}, {"temperature": math.nan}, {"top_k": 0}, {"top_p": 0.0}, {"top_p": 1.5}]
 )
 def test_decoder_refuses_bad_settings(kw):
-    with pytest.raises(ValueError):
-        Decoder(V, **kw)
+    with pytest.raises(ConfigError) as e:
+        decoder(**kw)
+    assert e.value.setting == next(iter(kw))
+
+
+# --------------------------------------------------------------------------- #
+# SampleConfig
+# --------------------------------------------------------------------------- #
+
+BAD_SETTINGS = [
+    ({"temperature": -1.0}, "temperature"),
+    ({"temperature": math.nan}, "temperature"),
+    ({"temperature": math.inf}, "temperature"),
+    ({"top_k": 0}, "top_k"),
+    ({"top_p": 0.0}, "top_p"),
+    ({"top_p": 1.01}, "top_p"),
+    ({"top_p": math.nan}, "top_p"),
+    ({"length": -1}, "length"),
+    ({"num_samples": 0}, "num_samples"),
+    ({"unknown": "drop"}, "unknown"),
+    ({"stop": ""}, "stop"),
+    ({"seed": -1}, "seed"),
+]
+
+
+@pytest.mark.parametrize("settings, field", BAD_SETTINGS)
+def test_sample_config_check_names_the_setting(settings, field):
+    with pytest.raises(ConfigError) as e:
+        SampleConfig(**settings).check()
+    assert e.value.setting == field
+    assert "--" not in str(e.value)  # the library speaks of settings, not of flags
+
+
+@given(
+    temperature=st.floats(0.0, 100.0),
+    top_k=st.none() | st.integers(1, 10_000),
+    top_p=st.none() | st.floats(1e-6, 1.0),
+    length=st.integers(0, 10_000),
+    seed=st.none() | st.integers(0, 2**63),
+    stop=st.none() | st.text(min_size=1, max_size=4),
+    num_samples=st.integers(1, 100),
+    unknown=st.sampled_from(["error", "skip"]),
+)
+def test_sample_config_check_accepts_every_workable_setting(**settings):
+    config = SampleConfig(**settings)
+    assert config.check() is config
 
 
 # --------------------------------------------------------------------------- #
@@ -187,16 +239,25 @@ def small_model():
     return CharModel(ModelConfig(len(vocab), embed=6, hidden=12, layers=2), seed=4), vocab
 
 
-def text(sampler: Sampler, n: int, **kw) -> str:
-    return "".join(sampler.generate(n, **kw))
+def sampler_of(model_vocab, **settings) -> Sampler:
+    return Sampler(*model_vocab, SampleConfig(**settings))
+
+
+def text(sampler: Sampler, n: int) -> str:
+    return "".join(sampler.generate(n))
+
+
+def test_sampler_refuses_a_config_that_cannot_work(small_model):
+    with pytest.raises(ConfigError) as e:
+        sampler_of(small_model, top_p=2.0)
+    assert e.value.setting == "top_p"
 
 
 def test_seed_fixes_the_text(small_model):
-    model, vocab = small_model
     for kw in ({}, {"top_k": 4}, {"top_p": 0.8, "temperature": 1.3}):
-        a = text(Sampler(model, vocab, seed=11), 300, **kw)
-        b = text(Sampler(model, vocab, seed=11), 300, **kw)
-        c = text(Sampler(model, vocab, seed=12), 300, **kw)
+        a = text(sampler_of(small_model, seed=11, **kw), 300)
+        b = text(sampler_of(small_model, seed=11, **kw), 300)
+        c = text(sampler_of(small_model, seed=12, **kw), 300)
         assert a == b and a != c
 
 
@@ -205,9 +266,9 @@ def test_greedy_sampling_follows_the_full_forward_pass():
     vocab = Vocab.from_text(SMALL_TEXT)
     model = CharModel(ModelConfig(len(vocab), embed=6, hidden=12, layers=2), dtype=np.float64, seed=4)
     prime = vocab.encode("All:").ids
-    sampler = Sampler(model, vocab)
+    sampler = sampler_of((model, vocab), temperature=0.0)
     sampler.feed(prime)
-    got = text(sampler, 25, temperature=0.0)
+    got = text(sampler, 25)
     ids = list(prime.tolist())
     for _ in range(25):
         logits, _ = model.forward_logits(np.array(ids).reshape(-1, 1), model.zero_state(1))
@@ -226,65 +287,61 @@ def test_sampler_logits_equal_the_full_forward_pass(cell):
     ids = vocab.encode("Citizen").ids.tolist()
     sampler.feed(np.array(ids[:3]))
     for k in range(3, len(ids)):
-        got = sampler._logits(ids[k - 1]).copy()
+        got = sampler.logits_after(ids[k - 1]).copy()
         want, _ = model.forward_logits(np.array(ids[:k]).reshape(-1, 1), model.zero_state(1))
         assert np.allclose(got, want[-1], rtol=1e-12, atol=1e-12)
 
 
 def test_a_prompt_is_read_once_even_in_pieces(small_model):
     """feed() leaves the prompt's last character for generate to read first, so it
-    is read exactly once (it used to be read twice), and feeding in pieces is
-    feeding the whole."""
+    is read exactly once, and feeding in pieces is feeding the whole."""
     model, vocab = small_model
     ids = vocab.encode("First Citizen:").ids
-    whole, pieces = Sampler(model, vocab, seed=3), Sampler(model, vocab, seed=3)
+    whole, pieces = sampler_of(small_model, seed=3), sampler_of(small_model, seed=3)
     whole.feed(ids)
     pieces.feed(ids[:5])
     pieces.feed(ids[5:])
     assert text(whole, 40) == text(pieces, 40)
     whole.reset()
     whole.feed(ids)
-    got = whole._logits(whole._last).copy()
+    got = whole.logits_after(whole.last).copy()
     want, _ = model.forward_logits(ids.reshape(-1, 1), model.zero_state(1))
     assert np.allclose(got, want[-1], rtol=1e-5, atol=1e-5)
 
 
 def test_top_k_one_is_greedy(small_model):
-    model, vocab = small_model
-    greedy = text(Sampler(model, vocab, seed=1), 80, temperature=0.0)
-    assert text(Sampler(model, vocab, seed=2), 80, temperature=1.7, top_k=1) == greedy
+    greedy = text(sampler_of(small_model, seed=1, temperature=0.0), 80)
+    assert text(sampler_of(small_model, seed=2, temperature=1.7, top_k=1), 80) == greedy
 
 
 def test_reset_and_feed_start_again_from_the_prime(small_model):
     model, vocab = small_model
     prime = vocab.encode("Speak").ids
-    fresh = Sampler(model, vocab, seed=3)
+    fresh = sampler_of(small_model, seed=3, temperature=0.0)
     fresh.feed(prime)
-    first = text(fresh, 60, temperature=0.0)
+    first = text(fresh, 60)
     fresh.reset()
     fresh.feed(prime)
-    assert text(fresh, 60, temperature=0.0) == first
+    assert text(fresh, 60) == first
     fresh.reset()
-    unprimed = Sampler(model, vocab, seed=3)
-    assert text(fresh, 60, temperature=0.0) == text(unprimed, 60, temperature=0.0)
+    unprimed = sampler_of(small_model, seed=3, temperature=0.0)
+    assert text(fresh, 60) == text(unprimed, 60)
 
 
 def test_stop_string_ends_the_sample_where_it_first_appears(small_model):
-    model, vocab = small_model
-    full = text(Sampler(model, vocab, seed=5), 400, temperature=1.2)
+    full = text(sampler_of(small_model, seed=5, temperature=1.2), 400)
     stop = full[150:152]
     end = next(i for i in range(1, len(full) + 1) if full[:i].endswith(stop))
     assert end <= 152
-    assert text(Sampler(model, vocab, seed=5), 400, temperature=1.2, stop=stop) == full[:end]
+    assert text(sampler_of(small_model, seed=5, temperature=1.2, stop=stop), 400) == full[:end]
 
 
 def test_sampling_loop_allocates_no_array_per_character(small_model):
-    model, vocab = small_model
-    sampler = Sampler(model, vocab, seed=0)
-    text(sampler, 50, top_k=5, top_p=0.9)  # warm-up: step buffers
+    sampler = sampler_of(small_model, seed=0, top_k=5, top_p=0.9)
+    text(sampler, 50)  # warm-up: step buffers
     n = 2_000
     tracemalloc.start()
-    gen = sampler.generate(n, top_k=5, top_p=0.9)
+    gen = sampler.generate(n)
     next(gen)  # the uniforms of the whole sample are drawn here, once
     base = tracemalloc.get_traced_memory()[0]
     tracemalloc.reset_peak()
@@ -327,6 +384,27 @@ def test_bad_options_get_one_line_and_exit_2(tiny_checkpoint, args, flag):
     assert r.stdout == ""
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and flag in lines[0]
+
+
+@pytest.mark.parametrize(
+    "args, settings",
+    [
+        (["--temperature", "-1"], {"temperature": -1.0}),
+        (["--top-k", "0"], {"top_k": 0}),
+        (["--top-p", "1.5"], {"top_p": 1.5}),
+        (["--length", "-1"], {"length": -1}),
+        (["--num-samples", "0"], {"num_samples": 0}),
+        (["--unknown", "drop"], {"unknown": "drop"}),
+        (["--stop", ""], {"stop": ""}),
+    ],
+)
+def test_the_cli_names_the_flag_of_the_setting_that_fails(tiny_checkpoint, args, settings):
+    """The config's own check says what is wrong; the command line puts its flag in front."""
+    with pytest.raises(ConfigError) as e:
+        SampleConfig(**settings).check()
+    r = sample_cli(tiny_checkpoint, *args)
+    assert r.exit_code == 2
+    assert r.stderr.strip() == f"error: {args[0]} {e.value.problem}"
 
 
 def test_length_counts_generated_characters_after_the_echoed_prime(tiny_checkpoint):
@@ -403,6 +481,16 @@ def test_stop_string_with_escapes(tiny_checkpoint):
     assert "warning" in never.stderr and "'€'" in never.stderr
 
 
+@pytest.mark.parametrize(
+    "given, meant",
+    [("\\n\\n", "\n\n"), ("a\\tb\\r", "a\tb\r"), ("\\\\n", "\\n"), ("\\q\\", "\\q\\"), ("é", "é")],
+)
+def test_stop_escapes_are_read_left_to_right(given, meant):
+    from charlm.cli.generate import unescape
+
+    assert unescape(given) == meant
+
+
 def test_model_alias(tiny_checkpoint, monkeypatch):
     import charlm.corpora
 
@@ -464,14 +552,13 @@ def test_seed_is_reproducible_byte_for_byte_across_processes(tiny_checkpoint, tm
 
 
 def test_warm_up_is_the_same_for_every_seed_and_continues_the_text(small_model):
-    model, vocab = small_model
-    a, b = Sampler(model, vocab, seed=1), Sampler(model, vocab, seed=2)
+    a, b = sampler_of(small_model, seed=1), sampler_of(small_model, seed=2)
     assert a.warm_up() == b.warm_up()
     assert all(
         np.array_equal(p, q) for la, lb in zip(a.state, b.state, strict=True) for p, q in zip(la, lb, strict=True)
     )
     assert any(p.any() for layer in a.state for p in layer)  # no longer the zero state
     # Two calls to generate make one text: the second continues from the last character of the first.
-    whole = text(Sampler(model, vocab, seed=9), 120, temperature=0.0)
-    parts = Sampler(model, vocab, seed=9)
-    assert text(parts, 50, temperature=0.0) + text(parts, 70, temperature=0.0) == whole
+    whole = text(sampler_of(small_model, seed=9, temperature=0.0), 120)
+    parts = sampler_of(small_model, seed=9, temperature=0.0)
+    assert text(parts, 50) + text(parts, 70) == whole

@@ -17,8 +17,16 @@ from typer.testing import CliRunner
 
 from charlm.checkpoint import save
 from charlm.cli import app
-from charlm.errors import CharlmError
-from charlm.evaluate import score_ids, score_sentences, surprisal, surprising_spans, text_surprisal
+from charlm.errors import CharlmError, ConfigError
+from charlm.evaluate import (
+    SpanConfig,
+    UnknownCharacters,
+    score_ids,
+    score_sentences,
+    surprisal,
+    surprising_spans,
+    text_surprisal,
+)
 from charlm.model import CharModel, ModelConfig
 from charlm.optim import Adam, clip_grad_norm_
 from charlm.report import BIN_STYLES, UNSCORED_STYLE, heatmap, power_of_ten
@@ -103,10 +111,14 @@ def test_without_a_newline_in_the_vocabulary_the_first_character_is_given():
 
 def test_unknown_characters_error_or_skip(overfit):
     model, vocab, _ = overfit
-    with pytest.raises(CharlmError) as e:
+    with pytest.raises(UnknownCharacters) as e:
         score_sentences(model, vocab, [PEAR, "The €uro salad", "Zap"])
     msg = str(e.value)
-    assert "'€'" in msg and "'Z'" in msg and "sentence 2, 3" in msg and "--unknown skip" in msg
+    assert "'€'" in msg and "'Z'" in msg and "sentence 2, 3" in msg and "'skip'" in msg
+    assert msg.startswith(e.value.what) and "--" not in msg  # the library names the policy, not a flag
+    with pytest.raises(ConfigError) as bad:
+        score_sentences(model, vocab, [PEAR], unknown="maybe")
+    assert bad.value.setting == "unknown"
     skipped, plain = score_sentences(model, vocab, ["The apple and p€ear salad.", PEAR], unknown="skip")
     assert skipped.unknown == 1 and plain.unknown == 0
     assert math.isclose(skipped.nats, plain.nats, rel_tol=1e-6) and skipped.text != plain.text
@@ -172,6 +184,7 @@ def test_score_file_and_stdin(overfit, tmp_path):
         ([], 2, "nothing to score"),
         ([PEAR, ""], 2, "sentence 2 is empty"),
         (["The €uro"], 1, "'€'"),
+        (["The €uro"], 1, "use --unknown skip"),
         (["--unknown", "maybe", PEAR], 2, "--unknown"),
         (["--file", "no-such-file.txt"], 2, "no-such-file.txt: no such file"),
     ],
@@ -273,5 +286,15 @@ def test_perplexity_show(overfit, tmp_path):
     stdin = runner.invoke(app, ["perplexity", "-", *args], input=text)
     assert stdin.exit_code == 0, stdin.output
     assert stdin.stdout == r.stdout
-    bad = runner.invoke(app, ["perplexity", str(f), "-c", str(path), "--show", "--span-width", "0"])
-    assert bad.exit_code == 2 and bad.stderr.startswith("error: --span-width")
+    for flag, value in (("--span-width", "0"), ("--spans", "-1")):
+        bad = runner.invoke(app, ["perplexity", str(f), "-c", str(path), "--show", flag, value])
+        assert bad.exit_code == 2 and bad.stdout == ""
+        assert bad.stderr.startswith(f"error: {flag} ") and len(bad.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("settings, field", [({"spans": -1}, "spans"), ({"span_width": 0}, "span_width")])
+def test_span_config_check_names_the_setting(settings, field):
+    with pytest.raises(ConfigError) as e:
+        SpanConfig(**settings).check()
+    assert e.value.setting == field and "--" not in str(e.value)
+    assert SpanConfig(spans=0, span_width=1).check() == SpanConfig(0, 1)

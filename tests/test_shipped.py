@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from charlm.checkpoint import load
 from charlm.cli import app
+from charlm.config import SampleConfig
 from charlm.corpora import SHIPPED_MODELS, corpus_dir, shipped_model
 from charlm.evaluate import score_ids
 from charlm.sample import Sampler
@@ -23,6 +24,7 @@ runner = CliRunner()
 MAX_BYTES = 8 * 2**20  # small enough to ship in the wheel
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SHIPPED_MODELS)
 def test_shipped_model_is_small_float16_and_trained_on_its_corpus(name):
     path = shipped_model(name)
@@ -68,6 +70,7 @@ def test_info_shows_a_shipped_model():
     assert "2×512 LSTM" in r.stdout and "validation curve" in r.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SHIPPED_MODELS)
 def test_an_unprompted_sample_starts_from_a_warmed_up_state(name):
     """Training meets a zero state only at the start of a stream, so from it the
@@ -85,7 +88,7 @@ def test_an_unprompted_sample_starts_from_a_warmed_up_state(name):
         return -(p * np.log(p)).sum(axis=-1)
 
     def entropy_after(sampler: Sampler, x: int) -> float:
-        return float(entropy(sampler.dec_w @ sampler._step(x) + sampler.dec_b))
+        return float(entropy(sampler.logits_after(x)))
 
     text = (corpus_dir() / f"{name}.txt").read_text(encoding="utf-8")[-20_000:]
     ids = vocab.encode(text).ids.astype(np.int64)
@@ -94,7 +97,7 @@ def test_an_unprompted_sample_starts_from_a_warmed_up_state(name):
     typical = float(after_newline.mean())
 
     cold = entropy_after(Sampler(model, vocab), newline)
-    sampler = Sampler(ck.build_model(), vocab, seed=7)
+    sampler = Sampler(ck.build_model(), vocab, SampleConfig(seed=7))
     first = sampler.warm_up()
     assert vocab.chars[first] == "\n"
     warm = entropy_after(sampler, first)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -113,41 +112,63 @@ def sample(
     'charlm sample > out.txt' gives exactly the text.
     """
     from charlm.checkpoint import load
+    from charlm.config import SampleConfig
     from charlm.sample import Sampler
 
-    _check_sampling(temperature, top_k, top_p, length, num_samples)
-    if unknown not in ("error", "skip"):
-        raise UsageError(f"--unknown must be 'error' or 'skip', not {unknown!r}.")
-    if stop is not None:
-        stop = _unescape(stop)
-        if not stop:
-            raise UsageError("--stop needs at least one character.")
-    if prime and prime_file is not None:
-        raise UsageError("give --prime or --prime-file, not both.")
-    label = "--prime"
-    if prime_file is not None:
-        prime, label = _read_prime(prime_file), f"--prime-file {prime_file}"
+    config = SampleConfig(
+        length=length,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        stop=None if stop is None else unescape(stop),
+        num_samples=num_samples,
+        unknown=unknown,
+    ).check()
+    prime, label = _prime_text(prime, prime_file)
     ckpt = load(checkpoint_path(checkpoint, model_name, fallback="shakespeare"))
-    vocab = ckpt.vocab
-    try:
-        enc = vocab.encode(prime, unknown=unknown)
-    except CharlmError as e:
-        raise CharlmError(f"{label}: {e}") from None
-    if enc.unknown:
-        prime = vocab.decode(enc.ids)
-        err.print(
-            f"notice: dropped {enc.unknown_count} character(s) of the prime that the model has never seen: "
-            f"{_listed(enc.unknown)}.",
-            markup=False,
-        )
-    if stop is not None and any(ch not in vocab for ch in stop):
-        missing = {ch: 1 for ch in stop if ch not in vocab}
+    ids, prime = _encode_prime(ckpt.vocab, prime, label, config.unknown)
+    if config.stop is not None and any(ch not in ckpt.vocab for ch in config.stop):
+        missing = {ch: 1 for ch in config.stop if ch not in ckpt.vocab}
         err.print(
             f"warning: --stop contains {_listed(missing)}, which the model never generates; "
             "every sample runs to --length.",
             markup=False,
         )
-    sampler = Sampler(ckpt.build_model(), vocab, seed=seed)
+    _write_samples(Sampler(ckpt.build_model(), ckpt.vocab, config), ids, prime)
+
+
+def _prime_text(prime: str, prime_file: Path | None) -> tuple[str, str]:
+    """The prime and the option it came from, for messages."""
+    if prime and prime_file is not None:
+        raise UsageError("give --prime or --prime-file, not both.")
+    if prime_file is None:
+        return prime, "--prime"
+    return _read_prime(prime_file), f"--prime-file {prime_file}"
+
+
+def _encode_prime(vocab, prime: str, label: str, unknown: str):
+    """The prime's ids and the prime as printed: without the characters the model
+    has never seen under --unknown skip (said on stderr), refused under error."""
+    enc = vocab.encode(prime, unknown="skip")
+    if not enc.unknown:
+        return enc.ids, prime
+    if unknown == "error":
+        raise CharlmError(
+            f"{label}: {_not_in_vocabulary(enc.unknown)}. Remove them, or use --unknown skip to drop them."
+        )
+    err.print(
+        f"notice: dropped {enc.unknown_count} character(s) of the prime that the model has never seen: "
+        f"{_listed(enc.unknown)}.",
+        markup=False,
+    )
+    return enc.ids, vocab.decode(enc.ids)
+
+
+def _write_samples(sampler, ids, prime: str) -> None:
+    """Each sample to stdout as it is generated: the prime, then its continuation;
+    with several, each under a '--- sample K ---' line, one blank line apart."""
+    num_samples = sampler.config.num_samples
     stream = sys.stdout
     flush_each = stream.isatty()
     tail = ""  # the last two characters written: samples are separated by exactly one blank line
@@ -156,10 +177,10 @@ def sample(
             gap = "" if k == 0 else "\n" * (2 - len(tail) + len(tail.rstrip("\n")))
             stream.write(f"{gap}--- sample {k + 1} ---\n")
         sampler.reset()
-        sampler.feed(enc.ids)
+        sampler.feed(ids)
         stream.write(prime)
         tail = prime[-2:]
-        for ch in sampler.generate(length, temperature, top_k=top_k, top_p=top_p, stop=stop):
+        for ch in sampler.generate():
             stream.write(ch)
             tail = (tail + ch)[-2:]
             if flush_each:
@@ -169,34 +190,12 @@ def sample(
     stream.flush()
 
 
-def _check_sampling(temperature: float, top_k: int | None, top_p: float | None, length: int, num_samples: int) -> None:
-    if not (math.isfinite(temperature) and temperature >= 0):
-        raise UsageError(
-            f"--temperature must be a number ≥ 0 (got {temperature:g}). Use 1 for the model's own distribution, "
-            "0 for the most likely character."
-        )
-    if top_k is not None and top_k < 1:
-        raise UsageError(f"--top-k must be at least 1 (got {top_k}). Leave it out to keep every character.")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise UsageError(f"--top-p must be in (0, 1] (got {top_p:g}). Leave it out, or use 1, to keep every character.")
-    if length < 0:
-        raise UsageError(f"--length must be 0 or more (got {length}).")
-    if num_samples < 1:
-        raise UsageError(f"--num-samples must be at least 1 (got {num_samples}).")
-
-
-def _unescape(text: str) -> str:
+def unescape(text: str) -> str:
     """\\n, \\t, \\r and \\\\ in a command-line string → newline, tab, carriage return, backslash."""
+    import re
+
     escapes = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
-    out, i = [], 0
-    while i < len(text):
-        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in escapes:
-            out.append(escapes[text[i + 1]])
-            i += 2
-        else:
-            out.append(text[i])
-            i += 1
-    return "".join(out)
+    return re.sub(r"\\([ntr\\])", lambda m: escapes[m.group(1)], text)  # left to right: \\n is \ then n
 
 
 def _read_prime(path: Path) -> str:
@@ -211,6 +210,11 @@ def _read_prime(path: Path) -> str:
         return read_text(path)
     except CorpusError as e:
         raise UsageError(f"--prime-file {e}") from None
+
+
+def _not_in_vocabulary(missing) -> str:
+    """'3 character(s) not in the model's vocabulary: '€', 'Z'' for a Counter of characters."""
+    return f"{sum(missing.values())} character(s) not in the model's vocabulary: {_listed(dict(missing.most_common()))}"
 
 
 def _listed(chars) -> str:
@@ -258,13 +262,9 @@ def perplexity(
     from charlm.checkpoint import load
     from charlm.corpora import resolve
     from charlm.data import encode_stream, iter_text
-    from charlm.evaluate import score_ids, surprising_spans, text_surprisal
-    from charlm.report import perplexity_text
+    from charlm.evaluate import SpanConfig, score_ids
 
-    if spans < 0:
-        raise UsageError(f"--spans must be 0 or more (got {spans}).")
-    if span_width < 1:
-        raise UsageError(f"--span-width must be at least 1 (got {span_width}).")
+    listed = SpanConfig(spans=spans, span_width=span_width).check()
     ckpt = load(checkpoint_path(checkpoint, model_name))
     source, label = (sys.stdin.buffer, "standard input") if file == "-" else (resolve(file)[0], file)
     if show:  # the heat map needs the text itself
@@ -275,24 +275,39 @@ def perplexity(
     if len(enc.ids) < 2:
         raise CharlmError("the text has fewer than two characters the model knows; nothing to score.")
     if show:
-        from charlm.report import heatmap, legend, span_lines
-
-        nats, score = text_surprisal(ckpt.build_model(), ckpt.vocab, text)
-        if out.is_terminal:  # coloured (under NO_COLOR only bold and reverse video mark the top bins)
-            out.print(heatmap(text, nats), end="" if text.endswith("\n") else "\n")
-        else:  # a file or a pipe gets the text exactly
-            out.file.write(text if text.endswith("\n") else text + "\n")
-        out.print(legend())
-        if spans:
-            out.print(span_lines(text, surprising_spans(nats, span_width, spans), span_width))
-        out.print()
+        result = _show_surprisal(ckpt, text, listed)
     else:
-        score = score_ids(ckpt.build_model(), enc.ids, unknown=enc.unknown_count)
-    out.print(f"nats/char   {score.nats_per_char:.4f}")
-    out.print(f"bits/char   {score.bits_per_char:.4f}")
-    out.print(f"perplexity  {perplexity_text(score.nats_per_char, 4)}")
-    out.print(f"scored      {score.chars:,} characters")
-    out.print(f"unknown     {score.unknown:,} characters skipped (not in the model's vocabulary)")
+        result = score_ids(ckpt.build_model(), enc.ids, unknown=enc.unknown_count)
+    _print_score(result)
+
+
+def _show_surprisal(ckpt, text: str, listed):
+    """Print the text coloured by surprisal, the legend and the most surprising spans; return the Score."""
+    from charlm.evaluate import surprising_spans, text_surprisal
+    from charlm.report import heatmap, legend, span_lines
+
+    nats, result = text_surprisal(ckpt.build_model(), ckpt.vocab, text)
+    if out.is_terminal:  # coloured (under NO_COLOR only bold and reverse video mark the top bins)
+        out.print(heatmap(text, nats), end="" if text.endswith("\n") else "\n")
+    else:  # a file or a pipe gets the text exactly
+        out.file.write(text if text.endswith("\n") else text + "\n")
+    out.print(legend())
+    if listed.spans:
+        found = surprising_spans(nats, listed.span_width, listed.spans)
+        out.print(span_lines(text, found, listed.span_width))
+    out.print()
+    return result
+
+
+def _print_score(result) -> None:
+    """A Score as five aligned lines."""
+    from charlm.report import perplexity_text
+
+    out.print(f"nats/char   {result.nats_per_char:.4f}")
+    out.print(f"bits/char   {result.bits_per_char:.4f}")
+    out.print(f"perplexity  {perplexity_text(result.nats_per_char, 4)}")
+    out.print(f"scored      {result.chars:,} characters")
+    out.print(f"unknown     {result.unknown:,} characters skipped (not in the model's vocabulary)")
 
 
 # --------------------------------------------------------------------------- #
@@ -337,26 +352,17 @@ def score(
     charlm score "The apple and pear salad." "The apple and pair salad."
     """
     from charlm.checkpoint import load
-    from charlm.data import decode_bytes, read_text
-    from charlm.evaluate import score_sentences
+    from charlm.config import check_unknown_policy
+    from charlm.evaluate import UnknownCharacters, score_sentences
     from charlm.report import score_json, score_table
 
-    if unknown not in ("error", "skip"):
-        raise UsageError(f"--unknown must be 'error' or 'skip', not {unknown!r}.")
-    texts = list(sentences or [])
-    for i, sentence in enumerate(texts, 1):
-        if not sentence:
-            raise UsageError(f"sentence {i} is empty. Give at least one character, or leave it out.")
-    if file is not None:
-        if file != "-" and not Path(file).is_file():
-            what = "is a folder" if Path(file).is_dir() else "no such file"
-            raise UsageError(f"--file {file}: {what}. Give a text file with one sentence per line.")
-        text = decode_bytes(sys.stdin.buffer.read(), "standard input") if file == "-" else read_text(Path(file))
-        texts += [line.removesuffix("\r") for line in text.split("\n") if line.strip()]
-    if not texts:
-        raise UsageError("nothing to score. Give one or more sentences, or --file PATH with one sentence per line.")
+    check_unknown_policy(unknown)
+    texts = _sentences(sentences or [], file)
     ckpt = load(checkpoint_path(checkpoint, model_name))
-    scores = score_sentences(ckpt.build_model(), ckpt.vocab, texts, unknown=unknown)
+    try:
+        scores = score_sentences(ckpt.build_model(), ckpt.vocab, texts, unknown=unknown)
+    except UnknownCharacters as e:
+        raise CharlmError(f"{e.what}. Remove them, or use --unknown skip to drop them.") from None
     skipped = sum(s.unknown for s in scores)
     if skipped:
         err.print(
@@ -368,3 +374,22 @@ def score(
         sys.stdout.write(score_json(ranked, [i + 1 for i in order]) + "\n")
     else:
         out.print(score_table(ranked))
+
+
+def _sentences(given: list[str], file: str | None) -> list[str]:
+    """The sentences given, then every non-blank line of --file (- for standard input)."""
+    from charlm.data import decode_bytes, read_text
+
+    texts = list(given)
+    for i, sentence in enumerate(texts, 1):
+        if not sentence:
+            raise UsageError(f"sentence {i} is empty. Give at least one character, or leave it out.")
+    if file is not None:
+        if file != "-" and not Path(file).is_file():
+            what = "is a folder" if Path(file).is_dir() else "no such file"
+            raise UsageError(f"--file {file}: {what}. Give a text file with one sentence per line.")
+        text = decode_bytes(sys.stdin.buffer.read(), "standard input") if file == "-" else read_text(Path(file))
+        texts += [line.removesuffix("\r") for line in text.split("\n") if line.strip()]
+    if not texts:
+        raise UsageError("nothing to score. Give one or more sentences, or --file PATH with one sentence per line.")
+    return texts

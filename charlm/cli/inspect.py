@@ -43,7 +43,7 @@ def corpora() -> None:
 
 
 # --------------------------------------------------------------------------- #
-# bench
+# info, export, runs
 # --------------------------------------------------------------------------- #
 
 
@@ -105,6 +105,11 @@ def runs(
     out.print(runs_table(found))
 
 
+# --------------------------------------------------------------------------- #
+# bench
+# --------------------------------------------------------------------------- #
+
+
 @app.command()
 @user_errors
 def bench(
@@ -130,25 +135,33 @@ def bench(
     """Measure training and sampling throughput (characters per second) on synthetic data."""
     import json
 
-    from charlm.bench import BenchConfig, run
+    from charlm.config import ModelConfig
     from charlm.model import CELLS
+    from charlm.throughput import BenchConfig, run
 
     if cell not in CELLS:
         raise UsageError(f"unknown cell {cell!r}; choose one of: {', '.join(CELLS)}.")
     check_threads(threads, batch)
-    cfg = BenchConfig(cell, layers, hidden, embed, batch, seq_len, vocab, windows, window_seconds, threads=threads)
+    model = ModelConfig(vocab_size=vocab, cell=cell, embed=embed, hidden=hidden, layers=layers)
+    cfg = BenchConfig(model, batch, seq_len, windows, window_seconds, threads=threads)
     if not as_json:
         err.print(f"measuring {layers}×{hidden} {cell.upper()}, batch {batch} × {seq_len} steps …")
     result = run(cfg, train=train, sample=sample)
     if as_json:
         out.print_json(json.dumps(result))
-        return
+    else:
+        _print_bench(cfg, result)
+
+
+def _print_bench(cfg, result: dict) -> None:
+    """The figures of a ``run`` as a table and a line about the machine."""
     from rich.table import Table
 
-    table = Table(title=f"charlm bench: {layers}×{hidden} {cell.upper()}, E={embed}, V={vocab}")
+    m = cfg.model
+    table = Table(title=f"charlm bench: {m.layers}×{m.hidden} {m.cell.upper()}, E={m.embed}, V={m.vocab_size}")
     for col in ("measure", "chars/s (median)", "min–max", "GFLOP/s", "of GEMM peak"):
         table.add_column(col, justify="left" if col == "measure" else "right")
-    for key, label in (("train", f"training, batch {batch} × {seq_len}"), ("sample", "sampling, batch 1")):
+    for key, label in (("train", f"training, batch {cfg.batch} × {cfg.seq_len}"), ("sample", "sampling, batch 1")):
         if key in result:
             r = result[key]
             table.add_row(
@@ -159,8 +172,8 @@ def bench(
                 f"{100 * r['roofline_fraction']:.1f}%",
             )
     out.print(table)
-    m = result["machine"]
+    machine = result["machine"]
     out.print(
-        f"float32 GEMM peak {result['gemm_gflops']:.1f} GFLOP/s; {m['nproc']} CPUs; NumPy {m['numpy']} "
-        f"({m['blas']}); peak RSS {result['peak_rss_mb']:.0f} MB"
+        f"float32 GEMM peak {result['gemm_gflops']:.1f} GFLOP/s; {machine['nproc']} CPUs; NumPy {machine['numpy']} "
+        f"({machine['blas']}); peak RSS {result['peak_rss_mb']:.0f} MB"
     )

@@ -1,4 +1,4 @@
-"""Throughput benchmark: training and sampling speed, and how close to the machine's limit.
+"""Throughput: training and sampling speed, and how close to the machine's limit.
 
 Training throughput is characters per second of one full optimizer step
 (forward, backward, clipping, Adam) on synthetic data, measured in several
@@ -18,29 +18,46 @@ import platform
 import resource
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from charlm import blas
-from charlm.model import CELLS, CharModel, ModelConfig
+from charlm.config import ModelConfig, SampleConfig
+from charlm.model import CELLS, CharModel
 from charlm.optim import Adam, clip_grad_norm_
 from charlm.parallel import DataParallel, default_workers
 
 
 @dataclass(frozen=True)
 class BenchConfig:
-    cell: str = "lstm"
-    layers: int = 2
-    hidden: int = 256
-    embed: int = 64
-    batch: int = 32
-    seq_len: int = 64
-    vocab: int = 65
+    """What to measure: a model of random weights, the training batch and the timing windows."""
+
+    # the network measured (random weights); its vocab_size is that of the synthetic data
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(vocab_size=65))
+    batch: int = 32  # B: training rows
+    seq_len: int = 64  # T: training steps per chunk
     windows: int = 5  # timed windows for training (median reported)
     window_seconds: float = 2.0  # minimum length of one training window
     sample_chars: int = 2000  # characters per sampling window
-    threads: int = 0  # training row blocks in parallel (0: one per core, as charlm train does)
+    threads: int = 0  # training row blocks in parallel (0: one per core, as training does)
+
+    def to_dict(self) -> dict:
+        """The flat JSON ``config`` object of a result (the PyTorch peer writes the same keys)."""
+        m = self.model
+        return {
+            "cell": m.cell,
+            "layers": m.layers,
+            "hidden": m.hidden,
+            "embed": m.embed,
+            "batch": self.batch,
+            "seq_len": self.seq_len,
+            "vocab": m.vocab_size,
+            "windows": self.windows,
+            "window_seconds": self.window_seconds,
+            "sample_chars": self.sample_chars,
+            "threads": self.threads,
+        }
 
 
 def gemm_gflops(n: int = 1024, repeats: int = 7) -> float:
@@ -86,13 +103,12 @@ def peak_rss_mb() -> float:
 def train_throughput(cfg: BenchConfig) -> tuple[list[float], float]:
     """Characters per second of full training steps, one figure per timed window;
     and the peak memory of the worker processes that trained beside this one, in MB."""
-    mcfg = ModelConfig(cfg.vocab, cfg.cell, cfg.embed, cfg.hidden, cfg.layers)
-    model = CharModel(mcfg, seed=0)
+    model = CharModel(cfg.model, seed=0)
     opt = Adam(model.num_params)
     stepper = DataParallel(model, cfg.threads or default_workers(cfg.batch))
     rng = np.random.default_rng(0)
     T, B = cfg.seq_len, cfg.batch
-    data = rng.integers(0, cfg.vocab, (8, T + 1, B))
+    data = rng.integers(0, cfg.model.vocab_size, (8, T + 1, B))
     state = model.zero_state(B)
 
     def step(k: int) -> None:
@@ -104,6 +120,15 @@ def train_throughput(cfg: BenchConfig) -> tuple[list[float], float]:
 
     for k in range(3):  # warm-up: workspaces, BLAS threads, caches
         step(k)
+    rates = _timed_windows(step, T * B, cfg)
+    workers_mb = stepper.workers_peak_rss_mb()
+    stepper.close()
+    return rates, workers_mb
+
+
+def _timed_windows(step, chars_per_step: int, cfg: BenchConfig) -> list[float]:
+    """Characters per second of ``step(k)`` (k = 0, 1, …) in each of ``cfg.windows`` windows
+    of at least ``cfg.window_seconds`` and two steps."""
     rates = []
     k = 0
     for _ in range(cfg.windows):
@@ -115,10 +140,8 @@ def train_throughput(cfg: BenchConfig) -> tuple[list[float], float]:
             dt = time.perf_counter() - t0
             if dt >= cfg.window_seconds and n >= 2:
                 break
-        rates.append(n * T * B / dt)
-    workers_mb = stepper.workers_peak_rss_mb()
-    stepper.close()
-    return rates, workers_mb
+        rates.append(n * chars_per_step / dt)
+    return rates
 
 
 def sample_throughput(cfg: BenchConfig, windows: int = 5) -> list[float]:
@@ -126,10 +149,9 @@ def sample_throughput(cfg: BenchConfig, windows: int = 5) -> list[float]:
     from charlm.sample import Sampler
     from charlm.vocab import Vocab
 
-    mcfg = ModelConfig(cfg.vocab, cfg.cell, cfg.embed, cfg.hidden, cfg.layers)
-    model = CharModel(mcfg, seed=0)
-    vocab = Vocab("".join(chr(0x21 + i) for i in range(cfg.vocab)))
-    sampler = Sampler(model, vocab, seed=0)
+    model = CharModel(cfg.model, seed=0)
+    vocab = Vocab("".join(chr(0x21 + i) for i in range(cfg.model.vocab_size)))
+    sampler = Sampler(model, vocab, SampleConfig(temperature=1.0, seed=0))
     for _ in sampler.generate(200):  # warm-up
         pass
     rates = []
@@ -158,13 +180,24 @@ def _significant(x: float, digits: int = 4) -> float:
     return float(f"{x:.{digits}g}")
 
 
+def _figures(rates: list[float], flops: float, gemm: float, digits: int) -> dict:
+    """The median rate of timed windows, the windows, and what the rate means in FLOP/s."""
+    med = statistics.median(rates)
+    return {
+        "chars_per_s": round(med, 1),
+        "windows": [round(r, 1) for r in rates],
+        "flops_per_char": flops,
+        "gflops": _significant(med * flops / 1e9),
+        "roofline_fraction": round(med * flops / 1e9 / gemm, digits),
+    }
+
+
 def run(cfg: BenchConfig, train: bool = True, sample: bool = True) -> dict:
     """Run the benchmark and return every figure as a JSON-ready dict."""
-    mcfg = ModelConfig(cfg.vocab, cfg.cell, cfg.embed, cfg.hidden, cfg.layers)
     result: dict = {
         "tool": "charlm",
-        "config": asdict(cfg),
-        "params": CharModel.count_params(mcfg),
+        "config": cfg.to_dict(),
+        "params": CharModel.count_params(cfg.model),
         "machine": {
             "nproc": os.cpu_count(),
             "cpu": platform.processor() or platform.machine(),
@@ -179,26 +212,10 @@ def run(cfg: BenchConfig, train: bool = True, sample: bool = True) -> dict:
     workers_mb = 0.0
     if train:
         rates, workers_mb = train_throughput(cfg)
-        med = statistics.median(rates)
-        f = flops_per_char(mcfg, training=True)
-        result["train"] = {
-            "chars_per_s": round(med, 1),
-            "windows": [round(r, 1) for r in rates],
-            "flops_per_char": f,
-            "gflops": _significant(med * f / 1e9),
-            "roofline_fraction": round(med * f / 1e9 / gemm, 4),
-        }
+        result["train"] = _figures(rates, flops_per_char(cfg.model, training=True), gemm, 4)
     if sample:
         rates = sample_throughput(cfg)
-        med = statistics.median(rates)
-        f = flops_per_char(mcfg, training=False)
-        result["sample"] = {
-            "chars_per_s": round(med, 1),
-            "windows": [round(r, 1) for r in rates],
-            "flops_per_char": f,
-            "gflops": _significant(med * f / 1e9),
-            "roofline_fraction": round(med * f / 1e9 / gemm, 5),
-        }
+        result["sample"] = _figures(rates, flops_per_char(cfg.model, training=False), gemm, 5)
     # this process plus the training workers: what the machine had to hold
     result["peak_rss_mb"] = round(peak_rss_mb() + workers_mb, 1)
     return result
