@@ -550,8 +550,8 @@ def test_disk_full_while_saving_keeps_the_old_checkpoint(workdir, capsys, monkey
     assert len(errors) == 1 and err.rstrip().endswith(errors[0])
     assert re.search(r"cannot write checkpoint .*last\.safetensors: No space left on device\. .*unchanged", errors[0])
     run_dir = workdir / "runs" / "small"
-    assert load(run_dir / "last.safetensors").train["step"] == 4
-    assert load(run_dir / "best.safetensors").train["step"] == 4
+    assert load(run_dir / "last.safetensors").state.step == 4
+    assert load(run_dir / "best.safetensors").state.step == 4
     assert not list(run_dir.glob("*.tmp")) and not list(run_dir.glob(".*.tmp"))
     assert len(seen) == 2
 

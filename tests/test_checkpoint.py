@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from charlm import checkpoint
 from charlm.checkpoint import Checkpoint, load, save
+from charlm.config import TrainConfig, TrainState
+from charlm.corpus import CorpusFingerprint
 from charlm.errors import CheckpointError
 from charlm.model import CharModel, ModelConfig
 from charlm.vocab import Vocab
@@ -22,7 +24,7 @@ def make(tmp_path, cell="lstm", name="m.safetensors"):
     model = CharModel(ModelConfig(len(vocab), cell=cell, embed=3, hidden=5, layers=2, dropout=0.1), seed=4)
     path = tmp_path / name
     extra = {"optimizer.exp_avg": np.arange(model.num_params, dtype=np.float32)}
-    save(path, model, vocab, {"step": 7, "best_val": 1.5}, {"sha256": "ab"}, extra)
+    save(path, model, vocab, TrainState(step=7, best_val=1.5), CorpusFingerprint(sha256="ab"), extra)
     return path, model, vocab
 
 
@@ -33,8 +35,8 @@ def test_round_trip_is_exact(tmp_path, cell):
     assert isinstance(ck, Checkpoint)
     assert ck.config == model.config
     assert ck.vocab == vocab
-    assert ck.train == {"step": 7, "best_val": 1.5}
-    assert ck.corpus == {"sha256": "ab"}
+    assert ck.state == TrainState(step=7, best_val=1.5) and ck.train_config is None
+    assert ck.corpus == CorpusFingerprint(sha256="ab")
     for name, p in model.params.items():
         assert np.array_equal(ck.params[name], p), name
     assert np.array_equal(ck.extra["optimizer.exp_avg"], np.arange(model.num_params, dtype=np.float32))

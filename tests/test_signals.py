@@ -48,7 +48,7 @@ def wait_for(condition, proc: subprocess.Popen, timeout: float = 60.0) -> None:
 
 
 def step_of(path: Path) -> int:
-    return checkpoint.load(path).train["step"]
+    return checkpoint.load(path).state.step
 
 
 def params_of(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -15,6 +15,7 @@ from charlm.cli.common import (
     ModelOption,
     app,
     checkpoint_path,
+    cli_message,
     err,
     out,
     user_errors,
@@ -132,7 +133,7 @@ def sample(
     try:
         enc = vocab.encode(prime, unknown=unknown)
     except CharlmError as e:
-        raise CharlmError(f"{label}: {e}") from None
+        raise CharlmError(f"{label}: {cli_message(e)}") from None
     if enc.unknown:
         prime = vocab.decode(enc.ids)
         err.print(
@@ -200,8 +201,8 @@ def _unescape(text: str) -> str:
 
 
 def _read_prime(path: Path) -> str:
-    from charlm.data import read_text
     from charlm.errors import CorpusError
+    from charlm.text import read_text
 
     if path.is_dir():
         raise UsageError(f"--prime-file {path}: is a folder. Give the path of a text file.")
@@ -210,7 +211,7 @@ def _read_prime(path: Path) -> str:
     try:
         return read_text(path)
     except CorpusError as e:
-        raise UsageError(f"--prime-file {e}") from None
+        raise UsageError(f"--prime-file {cli_message(e)}") from None
 
 
 def _listed(chars) -> str:
@@ -257,9 +258,10 @@ def perplexity(
     """
     from charlm.checkpoint import load
     from charlm.corpora import resolve
-    from charlm.data import encode_stream, iter_text
+    from charlm.data import encode_stream
     from charlm.evaluate import score_ids, surprising_spans, text_surprisal
     from charlm.report import perplexity_text
+    from charlm.text import iter_text
 
     if spans < 0:
         raise UsageError(f"--spans must be 0 or more (got {spans}).")
@@ -337,9 +339,9 @@ def score(
     charlm score "The apple and pear salad." "The apple and pair salad."
     """
     from charlm.checkpoint import load
-    from charlm.data import decode_bytes, read_text
     from charlm.evaluate import score_sentences
     from charlm.report import score_json, score_table
+    from charlm.text import decode_bytes, read_text
 
     if unknown not in ("error", "skip"):
         raise UsageError(f"--unknown must be 'error' or 'skip', not {unknown!r}.")

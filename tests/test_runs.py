@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from charlm.cli import app
 from charlm.report import SPARK, sparkline
-from charlm.runinfo import describe
+from charlm.runs import describe
 
 runner = CliRunner()
 TINY = ["--hidden", "16", "--embed", "8", "--layers", "1", "--batch-size", "4", "--seq-len", "16", "--eval-every", "2"]
@@ -45,7 +45,7 @@ def trained_run(tmp_path, small_corpus, monkeypatch):
 def test_info_reports_training_and_curve(trained_run):
     info = describe(trained_run)
     assert info.path.name == "best.safetensors"
-    assert info.config["hidden"] == 16 and info.vocab_size > 10
+    assert info.config.hidden == 16 and info.vocab_size > 10
     assert [s for s, _ in info.val_curve] == [2, 4, 6]
     assert info.params == sum(
         n for n in (info.vocab_size * 8, 64 * 8, 64 * 16, 64, 64, info.vocab_size * 16, info.vocab_size)
@@ -97,7 +97,7 @@ def test_export_keeps_the_model_and_drops_resume_state(trained_run, tmp_path):
     src, exp = load(trained_run / "best.safetensors"), load(dst)
     assert exp.config == src.config and exp.vocab == src.vocab
     assert not exp.extra  # no optimizer moments, no carried state
-    assert "rng" not in exp.train and exp.train["best_val"] == src.train["best_val"]
+    assert exp.state.rng is None and exp.state.best_val == src.state.best_val
     for name, p in src.params.items():
         assert np.allclose(exp.params[name], p, rtol=1e-3, atol=1e-4), name
     assert dst.stat().st_size < 0.5 * (trained_run / "best.safetensors").stat().st_size
