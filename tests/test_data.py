@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from charlm.data import BatchStream, split_text
-from charlm.text import decode_bytes, read_text
 from charlm.errors import CorpusError
 from charlm.evaluate import score_ids, surprisal, surprisal_chunks
 from charlm.model import CharModel, ModelConfig
+from charlm.text import decode_bytes, read_text
 
 
 def test_batches_continue_each_row_across_steps():

@@ -273,3 +273,15 @@ def test_ctrl_c_with_worker_processes(tmp_path, small_corpus):
     assert _gone(workers)
     if os.path.isdir("/dev/shm"):
         assert {n for n in set(os.listdir("/dev/shm")) - shm_before if n.startswith("charlm-")} == set()
+
+
+def test_signals_call_routes_both_signals_and_restores_the_handlers():
+    from charlm.signals import signals_call
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    seen = []
+    with signals_call(seen.append):
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert seen == [signal.SIGINT, signal.SIGTERM]
+    assert {sig: signal.getsignal(sig) for sig in before} == before
