@@ -20,9 +20,9 @@ from typer.testing import CliRunner
 from charlm import checkpoint
 from charlm.cli import app
 from charlm.config import ModelConfig, TrainConfig
-from charlm.errors import CheckpointError, CorpusError, UsageError
+from charlm.errors import CheckpointError, CorpusError, TrainingDiverged, UsageError
 from charlm.resume import resume_run
-from charlm.train import Callbacks, TrainingDiverged, prepare_run
+from charlm.train import Callbacks, prepare_run
 from tests.conftest import SMALL_TEXT
 
 runner = CliRunner()
