@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from charlm.checkpoint import atomic_write, read_header, read_metadata, remove_stale_temps
+from charlm.atomic import atomic_write, remove_stale_temps
+from charlm.checkpoint import read_header, read_metadata
 from charlm.config import ModelConfig, TrainState
 from charlm.corpus import CorpusFingerprint
 from charlm.errors import CharlmError

@@ -298,7 +298,7 @@ def test_core_modules_name_no_flags():
     root = Path(__file__).resolve().parent.parent / "charlm"
     TEXT_TOKENS = {tokenize.STRING, tokenize.COMMENT, getattr(tokenize, "FSTRING_MIDDLE", tokenize.STRING)}
     core = ("config", "errors", "train", "resume", "checkpoint", "corpus", "text", "data", "vocab", "runs")
-    for name in (*core, "signals", "optim", "corpora"):
+    for name in (*core, "signals", "atomic", "optim", "corpora"):
         source = (root / f"{name}.py").read_text(encoding="utf-8")
         for tok in tokenize.generate_tokens(io.StringIO(source).readline):
             if tok.type in TEXT_TOKENS:
