@@ -45,6 +45,9 @@ class ConfigError(UsageError):
         self.setting = setting
         self.problem = problem
 
+    def __reduce__(self):  # rebuilt from its two parts, e.g. when it crosses a process boundary
+        return (type(self), (self.setting, self.problem))
+
 
 class TrainingDiverged(CharlmError):
     """The loss, the gradient or the weights stopped being finite numbers."""

@@ -303,3 +303,18 @@ def test_core_modules_name_no_flags():
         for tok in tokenize.generate_tokens(io.StringIO(source).readline):
             if tok.type in TEXT_TOKENS:
                 assert not flag.search(tok.string), f"charlm/{name}.py:{tok.start[0]} names a flag: {tok.string[:80]}"
+
+
+def test_every_kind_the_library_raises_has_its_cli_wording_and_back():
+    import ast
+
+    from charlm.cli.common import WORDING
+
+    def raised_kinds(source: str):
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", "").endswith(("Error", "Diverged")):
+                yield from (k.value.value for k in node.keywords if k.arg == "kind")
+
+    root = Path(__file__).resolve().parent.parent / "charlm"
+    raised = {kind for path in root.glob("*.py") for kind in raised_kinds(path.read_text(encoding="utf-8"))}
+    assert raised == set(WORDING) - {"diverged_kept"}  # diverged_kept: "diverged" with a checkpoint kept

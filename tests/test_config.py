@@ -156,3 +156,18 @@ def test_train_state_of_an_exported_model_keeps_its_history_only():
 def test_train_state_refuses_wrong_types(bad):
     with pytest.raises(ValueError):
         TrainState.from_dict(bad)
+
+
+def test_config_errors_and_worded_errors_survive_pickling():
+    import pickle
+
+    from charlm.errors import CorpusError
+
+    e = pickle.loads(pickle.dumps(ConfigError("lr", "must be greater than 0 (got -1).")))
+    assert (e.setting, e.problem, str(e)) == (
+        "lr",
+        "must be greater than 0 (got -1).",
+        "lr must be greater than 0 (got -1).",
+    )
+    c = pickle.loads(pickle.dumps(CorpusError("x: empty.", kind="nul_byte", label="x", offset=3)))
+    assert (str(c), c.kind, c.details) == ("x: empty.", "nul_byte", {"label": "x", "offset": 3})
