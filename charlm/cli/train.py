@@ -5,13 +5,17 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from typer.core import TyperCommand
 
 from charlm.cli.common import DEFAULT_MINUTES, app, err, flag, out, user_errors
 from charlm.errors import UsageError
+
+if TYPE_CHECKING:  # imported lazily, so that --help stays instant
+    from charlm.config import ModelConfig, TrainConfig
+    from charlm.train import Trainer
 
 # --------------------------------------------------------------------------- #
 # train
@@ -157,7 +161,9 @@ def train(
     _report_training(summary, corpus)
 
 
-def _new_run(path: Path, stem: str, name: str | None, out_dir: Path, model_config, config):
+def _new_run(
+    path: Path, stem: str, name: str | None, out_dir: Path, model_config: ModelConfig, config: TrainConfig
+) -> Trainer:
     """The Trainer of a new run in OUT/NAME; with no budget given, DEFAULT_MINUTES."""
     from dataclasses import replace
 
@@ -181,7 +187,7 @@ def _new_run(path: Path, stem: str, name: str | None, out_dir: Path, model_confi
     return prepare_run(path, run_dir, model_config, config, display)
 
 
-def _resume(ctx: typer.Context, resume: str, name: str | None, out_dir: Path, path: Path):
+def _resume(ctx: typer.Context, resume: str, name: str | None, out_dir: Path, path: Path) -> Trainer:
     """The Trainer for ``train --resume``: the options given on the command line are passed on."""
     from charlm.cli.progress import TrainingDisplay
     from charlm.resume import RESUME_SETTINGS, resume_run
