@@ -106,7 +106,8 @@ def run_charlm(cmd: list[str], run_dir: Path) -> dict:
 def load_data(corpus: str):
     """charlm's pipeline: (vocab, training BatchStream, validation ids)."""
     from charlm.corpora import resolve
-    from charlm.data import BatchStream, read_text, split_text
+    from charlm.data import BatchStream, split_text
+    from charlm.text import read_text
     from charlm.vocab import Vocab
 
     path, _ = resolve(corpus)

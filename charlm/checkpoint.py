@@ -8,12 +8,15 @@ Layout of a checkpoint file:
   (LSTM: i, f, g, o), ``decoder.weight`` (V, H), ``decoder.bias`` (V,);
 * optionally ``optimizer.exp_avg`` / ``optimizer.exp_avg_sq`` (flat Adam moments)
   and ``state.<name>_l{k}`` (the carried hidden state), for exact resume;
-* string metadata: ``format`` ("charlm"), ``format_version``, ``config`` (JSON),
-  ``vocab`` (JSON list of code points), ``train`` (JSON training state) and
-  ``corpus`` (JSON: name, sha256, characters).
+* string metadata: ``format`` ("charlm"), ``format_version``, ``config`` (JSON
+  ``ModelConfig``), ``vocab`` (JSON list of code points), ``train`` (JSON
+  ``TrainState``, with the ``TrainConfig`` inside) and ``corpus`` (JSON
+  ``CorpusFingerprint``: name, sha256, characters, how it was read).
 
 Loading parses the 8-byte header length and JSON header first (never pickle),
-so a damaged or foreign file is refused with a ``CheckpointError``.
+checks every field, and reads the metadata once into those typed objects
+(``read_metadata``), so a damaged or foreign file is refused with a
+``CheckpointError``.
 """
 
 from __future__ import annotations
@@ -21,13 +24,15 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from charlm.atomic import atomic_write
+from charlm.config import TrainConfig, TrainState
+from charlm.corpus import CorpusFingerprint
 from charlm.errors import CheckpointError
 from charlm.model import CELLS, CharModel, ModelConfig
 from charlm.vocab import Vocab
@@ -38,15 +43,30 @@ MAX_HEADER = 100 * 1024 * 1024
 DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64}  # weights load as float32
 
 
+@dataclass(frozen=True)
+class Metadata:
+    """A checkpoint's metadata, read once into typed objects."""
+
+    config: ModelConfig  # the network
+    vocab: Vocab  # its characters
+    state: TrainState | None = None  # where training stood, with its TrainConfig (None: not recorded)
+    corpus: CorpusFingerprint | None = None  # the text it was trained on (None: not recorded)
+
+
 @dataclass
 class Checkpoint:
     config: ModelConfig
     vocab: Vocab
     params: dict[str, np.ndarray]
-    train: dict = field(default_factory=dict)  # training state (step, best val loss, …)
-    corpus: dict = field(default_factory=dict)  # name, sha256, characters
+    state: TrainState | None = None  # step, best val loss, RNG, training settings …
+    corpus: CorpusFingerprint | None = None  # name, sha256, characters, how it was read
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # optimizer moments, carried state
     path: Path | None = None
+
+    @property
+    def train_config(self) -> TrainConfig | None:
+        """The training settings of the run that wrote it (None for weights only)."""
+        return None if self.state is None else self.state.config
 
     def build_model(self) -> CharModel:
         model = CharModel(self.config)
@@ -59,78 +79,24 @@ class Checkpoint:
 # --------------------------------------------------------------------------- #
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that ``path`` is always either the old file
-    or the complete new one: temp file in the same folder, fsync, os.replace."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # never named *.safetensors: nothing loads it
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
-TEMP_NAME = re.compile(r"^\..+\.(\d+)\.tmp$")  # .<name>.<pid>.tmp, as atomic_write names them
-
-
-def remove_stale_temps(folder: Path) -> list[Path]:
-    """Delete the temporary files that atomic_write left in ``folder`` when its
-    process died mid-write (e.g. kill -9); a live process's file is left alone.
-    Returns what was removed."""
-    removed = []
-    for p in Path(folder).glob(".*.tmp"):
-        match = TEMP_NAME.match(p.name)
-        if match is None or _alive(int(match.group(1))):
-            continue
-        try:
-            p.unlink()
-            removed.append(p)
-        except OSError:
-            pass
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):
-        return False
-    except OSError:  # exists, but belongs to someone else
-        return True
-    return True
-
-
 def save(
     path: Path,
     model: CharModel,
     vocab: Vocab,
-    train: dict | None = None,
-    corpus: dict | None = None,
+    state: TrainState | dict | None = None,
+    corpus: CorpusFingerprint | dict | None = None,
     extra: dict[str, np.ndarray] | None = None,
+    *,
     half: bool = False,
 ) -> None:
-    """Write a checkpoint atomically. ``half`` stores the weights as float16 (half
-    the size, for shipping a model; they load as float32)."""
+    """Write a checkpoint atomically. ``state`` and ``corpus`` may be the typed objects
+    or their JSON objects (e.g. only a state's history fields). ``half`` stores the weights as float16
+    (half the size, for shipping a model; they load as float32)."""
     from safetensors.numpy import save as st_save
 
     dtype = np.float16 if half else None
     if half and max(float(np.abs(p).max()) for p in model.params.values()) > float(np.finfo(np.float16).max):
-        raise CheckpointError("a weight is too large for float16; save without --half.")
+        raise CheckpointError("a weight is too large for float16; store the model as float32.", kind="half_overflow")
     tensors = {name: np.ascontiguousarray(p, dtype=dtype) for name, p in model.params.items()}
     for name, arr in (extra or {}).items():
         tensors[name] = np.ascontiguousarray(arr)
@@ -139,8 +105,10 @@ def save(
         "format_version": str(FORMAT_VERSION),
         "config": model.config.to_json(),
         "vocab": vocab.to_json(),
-        "train": json.dumps(train or {}, sort_keys=True),
-        "corpus": json.dumps(corpus or {}, sort_keys=True),
+        "train": json.dumps(state.to_dict() if isinstance(state, TrainState) else state or {}, sort_keys=True),
+        "corpus": json.dumps(
+            corpus.to_dict() if isinstance(corpus, CorpusFingerprint) else corpus or {}, sort_keys=True
+        ),
     }
     data = st_save(tensors, metadata=metadata)
     try:
@@ -266,7 +234,7 @@ def read_header(path: Path) -> tuple[dict, dict]:
     return header, meta
 
 
-def json_field(path: Path, meta: dict, key: str):
+def _json_field(path: Path, meta: dict, key: str):
     try:
         return json.loads(meta[key])
     except KeyError:
@@ -297,22 +265,35 @@ def _model_config(path: Path, cfg: object, n_tensors: int) -> ModelConfig:
     return config
 
 
-def load(path: Path, with_extra: bool = True) -> Checkpoint:
-    """Read and fully validate a checkpoint; raises CheckpointError, nothing else."""
-    path = Path(path)
-    header, meta = read_header(path)
-    config = _model_config(path, json_field(path, meta, "config"), len(header))
+def read_metadata(path: Path, header: dict, meta: dict) -> Metadata:
+    """The metadata of a checked header (see ``read_header``) as typed objects:
+    model config, vocabulary, training state (with its settings) and corpus
+    fingerprint. Raises CheckpointError for anything damaged."""
+    config = _model_config(path, _json_field(path, meta, "config"), len(header))
     try:
         vocab = Vocab.from_json(meta.get("vocab", "null"))
     except Exception:
         raise CheckpointError(f"{path}: damaged checkpoint (the vocabulary is not valid).") from None
     if len(vocab) != config.vocab_size:
         raise CheckpointError(f"{path}: damaged checkpoint (vocabulary size does not match the config).")
-    shapes = CharModel.param_shapes(config)
-    train = json_field(path, meta, "train") if "train" in meta else {}
-    corpus = json_field(path, meta, "corpus") if "corpus" in meta else {}
+    train = _json_field(path, meta, "train") if "train" in meta else {}
+    corpus = _json_field(path, meta, "corpus") if "corpus" in meta else {}
     if not isinstance(train, dict) or not isinstance(corpus, dict):
         raise CheckpointError(f"{path}: damaged checkpoint (training metadata is not a JSON object).")
+    try:
+        state = TrainState.from_dict(train) if train else None
+        fingerprint = CorpusFingerprint.from_dict(corpus) if corpus else None
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: damaged checkpoint ({e}).") from None
+    return Metadata(config, vocab, state, fingerprint)
+
+
+def load(path: Path, with_extra: bool = True) -> Checkpoint:
+    """Read and fully validate a checkpoint; raises CheckpointError, nothing else."""
+    path = Path(path)
+    header, meta = read_header(path)
+    md = read_metadata(path, header, meta)
+    shapes = CharModel.param_shapes(md.config)
     for name, shape in shapes.items():
         if name not in header:
             raise CheckpointError(f"{path}: damaged checkpoint (tensor {name!r} is missing).")
@@ -338,7 +319,7 @@ def load(path: Path, with_extra: bool = True) -> Checkpoint:
         if not np.isfinite(p).all():
             raise CheckpointError(f"{path}: damaged checkpoint (tensor {n!r} holds NaN or infinity).")
     extra = {n: t for n, t in tensors.items() if n not in shapes} if with_extra else {}
-    return Checkpoint(config, vocab, params, train, corpus, extra, path)
+    return Checkpoint(md.config, md.vocab, params, md.state, md.corpus, extra, path)
 
 
 # Training-state fields that describe a model's history; a shipped model keeps
@@ -360,6 +341,6 @@ def export(src: Path, dst: Path, half: bool = False) -> Checkpoint:
     """Copy a checkpoint's weights, config, vocabulary and history to ``dst``,
     without the optimizer moments and carried state, optionally as float16."""
     ck = load(src, with_extra=False)
-    train = {k: ck.train[k] for k in HISTORY_FIELDS if k in ck.train}
-    save(dst, ck.build_model(), ck.vocab, train, ck.corpus, half=half)
+    history = ck.state.to_dict(HISTORY_FIELDS) if ck.state is not None else None
+    save(dst, ck.build_model(), ck.vocab, history, ck.corpus, half=half)
     return ck

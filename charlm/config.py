@@ -1,26 +1,63 @@
 """Settings as objects: each a dataclass with a comment on every default.
 
-The CLI builds them from its options, the checkpoint stores them, and the rest
-of charlm takes them as they are.
+The CLI builds them from its options and calls their ``check``; the checkpoint
+stores them, and the rest of charlm takes them as they are. A check names the
+field that is wrong (``ConfigError(field, problem)``), never a command-line flag.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+from charlm.errors import ConfigError
+
+CELL_NAMES = ("lstm", "gru", "rnn")  # the recurrent cells charlm.model builds
+ERROR_POLICIES = ("strict", "replace")  # what decoding does with bytes that are not valid text
+
+
+def _positive(setting: str, value: float | None) -> None:
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise ConfigError(setting, f"must be a finite number greater than 0 (got {value:g}).")
+
+
+def _at_least(setting: str, value: int | None, low: int) -> None:
+    if value is not None and value < low:
+        raise ConfigError(setting, f"must be at least {low} (got {value}).")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to rebuild the network; stored in every checkpoint."""
 
-    vocab_size: int  # V: distinct characters
+    vocab_size: int = 0  # V: distinct characters (0 until the corpus's vocabulary is known)
     cell: str = "lstm"  # recurrent cell: lstm, gru or rnn
     embed: int = 64  # E: embedding width
     hidden: int = 256  # H: hidden units per recurrent layer
     layers: int = 2  # N: stacked recurrent layers
     dropout: float = 0.0  # inverted-dropout probability between layers and before the decoder
     forget_bias: float = 0.0  # initial LSTM forget-gate bias b_f (init only; ignored by GRU/RNN)
+
+    def check(self) -> None:
+        """Refuse a value that cannot build a model (ConfigError naming the field)."""
+        if self.cell not in CELL_NAMES:
+            raise ConfigError(
+                "cell", f"{self.cell!r} is not a cell charlm knows; choose one of: {', '.join(CELL_NAMES)}."
+            )
+        _at_least("vocab_size", self.vocab_size, 0)
+        for name in ("embed", "hidden", "layers"):
+            _at_least(name, getattr(self, name), 1)
+        if not 0.0 <= self.dropout <= 0.9:
+            raise ConfigError(
+                "dropout", f"must be between 0 and 0.9 (got {self.dropout:g}): the probability of zeroing a unit."
+            )
+        if not -10.0 <= self.forget_bias <= 10.0:
+            raise ConfigError("forget_bias", f"must be between -10 and 10 (got {self.forget_bias:g}).")
+        if self.forget_bias != 0.0 and self.cell != "lstm":
+            raise ConfigError(
+                "forget_bias", f"is for the LSTM's forget gate; a {self.cell} cell has none. Drop the option."
+            )
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -33,6 +70,8 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
+    """How to train: batches, optimizer, budget, validation and how the corpus is read."""
+
     batch_size: int = 32  # B: parallel streams per batch
     seq_len: int = 64  # T: steps of back-propagation through time
     lr: float = 3e-3  # peak Adam learning rate
@@ -47,6 +86,117 @@ class TrainConfig:
     warmup: int = 50  # steps of linear learning-rate warm-up
     final_lr_frac: float = 0.1  # learning rate at the end, as a fraction of lr
     threads: int = 0  # row blocks computed in parallel (0: one per core, see charlm.parallel)
+    encoding: str = "utf-8"  # text encoding of the corpus file (stored with the corpus fingerprint)
+    errors: str = "strict"  # undecodable bytes: strict (refuse the file) or replace (stored likewise)
+
+    def check(self) -> None:
+        """Refuse a value that cannot train (ConfigError naming the field)."""
+        if self.errors not in ERROR_POLICIES:
+            raise ConfigError("errors", f"must be 'strict' or 'replace', not {self.errors!r}.")
+        if not 0 < self.val_frac <= 0.5:
+            raise ConfigError(
+                "val_frac", f"must be in (0, 0.5] (got {self.val_frac:g}): the share of the text held out."
+            )
+        for name in ("lr", "clip", "epochs", "minutes"):
+            _positive(name, getattr(self, name))
+        for name, low in (("batch_size", 1), ("seq_len", 1), ("eval_every", 1), ("steps", 1)):
+            _at_least(name, getattr(self, name), low)
+        for name in ("val_chars", "seed", "warmup", "threads"):
+            _at_least(name, getattr(self, name), 0)
+        if not 0.0 <= self.final_lr_frac <= 1.0:
+            raise ConfigError("final_lr_frac", f"must be between 0 and 1 (got {self.final_lr_frac:g}).")
+        if self.threads > self.batch_size:
+            raise ConfigError(
+                "threads",
+                f"{self.threads} is more than the batch size {self.batch_size}: each block needs a row of its own. "
+                "Give at most the batch size, or 0 for one block per core.",
+            )
+
+    def to_dict(self) -> dict:
+        """The settings a checkpoint's training state stores; encoding and errors go
+        with the corpus fingerprint instead."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in STORED_WITH_CORPUS}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """The stored settings; fields missing from an older checkpoint keep their
+        defaults, unknown ones are ignored. Raises ValueError for a wrong type."""
+        if not isinstance(d, dict):
+            raise ValueError("the training settings are not a JSON object")
+        known = {f.name: f for f in fields(cls) if f.name not in STORED_WITH_CORPUS}
+        values = {k: v for k, v in d.items() if k in known}
+        for k, v in values.items():
+            kind = known[k].type
+            ok = (
+                (v is None and "None" in kind)
+                or (kind.startswith("int") and _is_int(v))
+                or (kind.startswith("float") and _is_number(v))
+            )
+            if not ok:
+                raise ValueError(f"training setting {k!r} has the wrong type")
+        return cls(**values)
+
+
+STORED_WITH_CORPUS = ("encoding", "errors")  # TrainConfig fields the corpus fingerprint records
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: object) -> bool:
+    return _is_int(v) or isinstance(v, float)
+
+
+@dataclass
+class TrainState:
+    """Where a run stands: everything besides the weights and tensors that an exact
+    resume needs, stored as the checkpoint's ``train`` metadata (JSON)."""
+
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0  # completed passes over the training text
+    position: int = 0  # next chunk within the epoch
+    total_steps: int | None = None  # steps the learning-rate schedule spans (None: not known yet)
+    best_val: float | None = None  # best validation loss in nats/char (None: none yet)
+    best_step: int = 0  # step of best_val
+    chars_seen: int = 0  # characters trained on: step × B × T
+    elapsed: float = 0.0  # seconds in the training loop, validation included
+    train_seconds: float = 0.0  # seconds in training steps only
+    adam_t: int = 0  # Adam's step count t (bias correction)
+    rng: dict | None = None  # the dropout generator's bit_generator.state (None: not resumable)
+    config: TrainConfig | None = None  # the settings the run trains with
+    val_curve: list[list] = field(default_factory=list)  # [step, val loss] of every validation
+
+    def to_dict(self, keys: tuple[str, ...] | None = None) -> dict:
+        """The JSON object stored in a checkpoint (only ``keys``, if given)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["config"] = None if self.config is None else self.config.to_dict()
+        return d if keys is None else {k: d[k] for k in keys}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainState:
+        """A stored training state; missing fields keep their defaults (an exported
+        model keeps only its history). Raises ValueError for a wrong type."""
+        if not isinstance(d, dict):
+            raise ValueError("the training state is not a JSON object")
+        values = {}
+        for f in fields(cls):
+            if f.name not in d or f.name in ("config", "rng", "val_curve"):
+                continue
+            v = d[f.name]
+            ok = (v is None and "None" in f.type) or (_is_int(v) if f.type.startswith("int") else _is_number(v))
+            if not ok:
+                raise ValueError(f"training state {f.name!r} has the wrong type")
+            values[f.name] = v
+        rng, config, curve = d.get("rng"), d.get("config"), d.get("val_curve", [])
+        if not (rng is None or isinstance(rng, dict)) or not isinstance(curve, list):
+            raise ValueError("the training state has the wrong type")
+        try:
+            curve = [[int(s), float(v)] for s, v in curve]
+        except (TypeError, ValueError):
+            raise ValueError("the validation curve is not a list of [step, loss] pairs") from None
+        config = None if config is None else TrainConfig.from_dict(config)
+        return cls(**values, rng=rng, config=config, val_curve=curve)
 
 
 # --------------------------------------------------------------------------- #

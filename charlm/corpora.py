@@ -61,7 +61,7 @@ def shipped_model(name: str) -> Path | None:
 
 
 def resolve_model(name_or_path: str) -> Path:
-    """``--model``: a shipped model name or a checkpoint path → the checkpoint path.
+    """A shipped model name or a checkpoint path → the checkpoint path.
     A file that exists wins over a shipped name of the same spelling."""
     p = Path(name_or_path)
     if p.exists():
@@ -75,6 +75,8 @@ def resolve_model(name_or_path: str) -> Path:
     if found is None:
         raise CharlmError(
             f"no pretrained {name_or_path!r} model is shipped yet. Train one with 'charlm train {name_or_path}', "
-            f"then use --checkpoint runs/{name_or_path}."
+            f"then use its run folder, runs/{name_or_path}.",
+            kind="model_not_shipped",
+            name=name_or_path,
         )
     return found

@@ -1,12 +1,24 @@
-"""charlm's own error types: problems a user can fix, reported as one line."""
+"""charlm's own error types: problems a user can fix, reported as one line.
+
+Library code speaks about the thing (the corpus, the run folder, the learning
+rate), never about command-line flags. Where the advice is best given as a flag,
+the error carries a ``kind`` and the values of its message as ``details``; the
+CLI words that kind its own way (see ``charlm.cli.common``).
+"""
 
 
 class CharlmError(Exception):
     """A problem with the user's input or environment. The CLI prints
     ``error: <message>`` on stderr and exits with ``exit_code``; the message says
-    what is wrong and what to do."""
+    what is wrong and what to do. ``kind`` names the situation for a front end that
+    words it its own way, from ``details``."""
 
     exit_code = 1
+
+    def __init__(self, message: str, *, kind: str | None = None, **details: object) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.details = details
 
 
 class CorpusError(CharlmError):
@@ -32,3 +44,10 @@ class ConfigError(UsageError):
         super().__init__(f"{setting} {problem}")
         self.setting = setting
         self.problem = problem
+
+    def __reduce__(self):  # rebuilt from its two parts, e.g. when it crosses a process boundary
+        return (type(self), (self.setting, self.problem))
+
+
+class TrainingDiverged(CharlmError):
+    """The loss, the gradient or the weights stopped being finite numbers."""

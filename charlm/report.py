@@ -184,39 +184,35 @@ def human_duration(seconds: float) -> str:
 
 
 def info_table(info) -> Table:
-    """Everything ``charlm info`` shows about one checkpoint (a runinfo.RunInfo)."""
-    cfg, tr = info.config, info.train
+    """Everything ``charlm info`` shows about one checkpoint (a runs.RunInfo)."""
+    cfg, tr = info.config, info.state
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
     table.add_row("checkpoint", f"{info.path} ({info.file_bytes / 1e6:.1f} MB)")
-    model = (
-        f"{cfg.get('layers')}×{cfg.get('hidden')} {str(cfg.get('cell', '?')).upper()}, embedding {cfg.get('embed')}, "
-        f"dropout {cfg.get('dropout', 0)}"
-    )
-    if cfg.get("cell", "lstm") == "lstm":  # written before the setting existed: initialised with 1
-        model += f", initial forget-gate bias {cfg.get('forget_bias', 1.0):g}"
+    model = f"{cfg.layers}×{cfg.hidden} {cfg.cell.upper()}, embedding {cfg.embed}, dropout {cfg.dropout}"
+    if cfg.cell == "lstm":  # written before the setting existed: initialised with 1 (see ModelConfig.from_dict)
+        model += f", initial forget-gate bias {cfg.forget_bias:g}"
     table.add_row("model", model)
     table.add_row("parameters", f"{info.params:,}")
     table.add_row("vocabulary", f"{info.vocab_size} characters")
-    if info.corpus:
+    if info.corpus is not None:
         c = info.corpus
-        text = f"{c.get('name', '?')}, {c.get('chars', 0):,} characters"
-        if c.get("val_chars"):
-            text += f" ({c['val_chars']:,} held out)"
+        text = f"{c.name or '?'}, {c.chars or 0:,} characters"
+        if c.val_chars:
+            text += f" ({c.val_chars:,} held out)"
         table.add_row("corpus", text)
-    if tr:
+    if tr is not None:
         table.add_row(
             "training",
-            f"{tr.get('step', 0):,} steps, {tr.get('chars_seen', 0) / 1e6:.1f}M characters seen, "
-            f"{human_duration(tr.get('elapsed', 0.0))}",
+            f"{tr.step:,} steps, {tr.chars_seen / 1e6:.1f}M characters seen, {human_duration(tr.elapsed)}",
         )
     best = info.best_val
     if math.isfinite(best):
         table.add_row(
             "best validation",
             f"{best:.4f} nats/char, {best / math.log(2):.4f} bits/char, perplexity {perplexity_text(best)} "
-            f"(step {tr.get('best_step', 0):,})",
+            f"(step {tr.best_step:,})",
         )
     if info.val_curve:
         vals = [v for _, v in info.val_curve]
@@ -239,10 +235,10 @@ def runs_table(infos) -> Table:
         best = r.best_val
         table.add_row(
             str(r.path.parent),
-            f"{cfg.get('layers')}×{cfg.get('hidden')} {str(cfg.get('cell', '?')).upper()}",
+            f"{cfg.layers}×{cfg.hidden} {cfg.cell.upper()}",
             f"{best:.4f}" if math.isfinite(best) else "–",
             f"{best / math.log(2):.4f}" if math.isfinite(best) else "–",
-            f"{r.train.get('step', 0):,}",
+            f"{r.state.step if r.state is not None else 0:,}",
             human_duration(r.age_seconds) + " ago",
         )
     return table

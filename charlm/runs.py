@@ -1,13 +1,34 @@
-"""Run folders under ./runs: naming new runs and finding the newest checkpoint."""
+"""Run folders: naming and finding them, what they hold, and how a run writes into one.
+
+A run folder ``runs/<name>/`` holds ``last.safetensors`` (written at every
+validation and when a run is stopped), ``best.safetensors`` (when validation
+improved) and ``metrics.jsonl`` (one line per validation). ``RunFolder`` is the
+save policy: the checkpoints first, then the metrics line, so every line has a
+checkpoint at or after its step. ``describe`` reads what a checkpoint holds from
+its safetensors header only, never loading the tensors.
+"""
 
 from __future__ import annotations
 
+import json
+import math
 import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+from charlm.atomic import atomic_write, remove_stale_temps
+from charlm.checkpoint import read_header, read_metadata
+from charlm.config import ModelConfig, TrainState
+from charlm.corpus import CorpusFingerprint
 from charlm.errors import CharlmError
 
 DEFAULT_RUNS = Path("runs")
+
+# --------------------------------------------------------------------------- #
+# Naming and finding runs
+# --------------------------------------------------------------------------- #
 
 
 def run_name(stem: str) -> str:
@@ -57,14 +78,16 @@ def newest_checkpoint(runs: Path = DEFAULT_RUNS) -> Path | None:
 
 
 def resume_checkpoint(target: Path | None, runs: Path = DEFAULT_RUNS) -> Path:
-    """The checkpoint ``--resume`` continues from: a checkpoint file as given, a run
+    """The checkpoint a resumed run continues from: a checkpoint file as given, a run
     folder's last.safetensors, or (target None) the newest run's under ``runs``."""
     if target is None:
         found = list_runs(runs)
         if not found:
             raise CharlmError(
-                f"no run under {runs} to resume. Give the run folder (--resume runs/NAME) or --out FOLDER, "
-                "or start a new run without --resume."
+                f"no run under {runs} to resume. Name the run folder, or the folder that holds the runs, "
+                "or start a new run.",
+                kind="no_run_to_resume",
+                runs=runs,
             )
         target = found[0]
     if target.is_dir():
@@ -73,5 +96,171 @@ def resume_checkpoint(target: Path | None, runs: Path = DEFAULT_RUNS) -> Path:
             raise CharlmError(f"{target}: no last.safetensors in this folder, so there is no run to resume here.")
         return last
     if not target.exists():
-        raise CharlmError(f"{target}: no such run folder or checkpoint. Give a folder under runs/ to --resume.")
+        raise CharlmError(
+            f"{target}: no such run folder or checkpoint. Name a run folder under runs/ to resume.",
+            kind="no_such_run",
+            target=target,
+        )
     return target
+
+
+# --------------------------------------------------------------------------- #
+# Writing a run: the folder and the save policy
+# --------------------------------------------------------------------------- #
+
+
+class RunFolder:
+    """The folder a run writes into, and the order it writes in."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.created = False  # made by this session (and so removed again if nothing was written)
+
+    @property
+    def last(self) -> Path:
+        return self.path / "last.safetensors"
+
+    @property
+    def best(self) -> Path:
+        return self.path / "best.safetensors"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    def open(self, resumed_step: int) -> None:
+        """Create the folder if needed and clear what a killed process left: its
+        temporary files and, on resume (``resumed_step`` > 0), metrics lines from
+        after the resumed step."""
+        self.created = not self.path.exists()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CharlmError(
+                f"cannot create the run folder {self.path} ({e.strerror or e}). Choose another folder for the runs.",
+                kind="run_folder_unwritable",
+                path=self.path,
+                reason=e.strerror or e,
+            ) from None
+        remove_stale_temps(self.path)
+        if resumed_step:
+            self.trim_metrics(resumed_step)
+
+    def discard_if_empty(self) -> None:
+        """A run that wrote nothing leaves no folder behind."""
+        if self.created and self.path.is_dir() and not any(self.path.iterdir()):
+            self.path.rmdir()
+
+    def record(self, save: Callable[[Path], None], record: dict, improved: bool) -> None:
+        """The save policy of one validation: last.safetensors, best.safetensors if
+        validation ``improved``, then the metrics line."""
+        save(self.last)
+        if improved:
+            save(self.best)
+        try:
+            with open(self.metrics, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:
+            raise CharlmError(
+                f"cannot write {self.metrics} ({e.strerror or e}); the checkpoints of step {record['step']} are "
+                "saved. Free some space or choose another folder for the runs.",
+                kind="metrics_unwritable",
+                path=self.metrics,
+                reason=e.strerror or e,
+                step=record["step"],
+            ) from None
+
+    def trim_metrics(self, step: int) -> None:
+        """Drop metrics lines from after ``step`` (a future that was abandoned, e.g. by
+        a kill) and any torn last line, so the log stays one history."""
+        path = self.metrics
+        if not path.is_file():
+            return
+        try:
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+            keep = []
+            for line in lines:
+                try:
+                    ok = line.endswith("\n") and json.loads(line)["step"] <= step
+                except (ValueError, KeyError, TypeError):
+                    ok = False
+                if ok:
+                    keep.append(line)
+            if len(keep) != len(lines):
+                atomic_write(path, "".join(keep).encode("utf-8"))
+        except OSError as e:
+            raise CharlmError(f"cannot update {path} ({e.strerror or e}); the run is unchanged.") from None
+
+
+# --------------------------------------------------------------------------- #
+# What a run holds, from the checkpoint header
+# --------------------------------------------------------------------------- #
+
+
+@dataclass
+class RunInfo:
+    path: Path  # the checkpoint file
+    config: ModelConfig
+    vocab_size: int
+    params: int  # model parameters (optimizer moments and carried state not counted)
+    file_bytes: int
+    modified: float  # mtime, seconds since the epoch
+    state: TrainState | None = None
+    corpus: CorpusFingerprint | None = None
+    val_curve: list[tuple[int, float]] | None = None
+
+    @property
+    def best_val(self) -> float:
+        v = None if self.state is None else self.state.best_val
+        return math.nan if v is None else float(v)
+
+    @property
+    def age_seconds(self) -> float:
+        return max(0.0, time.time() - self.modified)
+
+
+def describe(path: Path) -> RunInfo:
+    """A checkpoint file, or a run folder (its best checkpoint) → RunInfo."""
+    path = checkpoint_in(Path(path))
+    header, meta = read_header(path)
+    md = read_metadata(path, header, meta)
+    params = 0
+    for name, entry in header.items():
+        if not name.startswith(("optimizer.", "state.")):
+            n = 1
+            for d in entry["shape"]:
+                n *= d
+            params += n
+    curve = _curve(md.state, path)
+    stat = path.stat()
+    return RunInfo(path, md.config, len(md.vocab), params, stat.st_size, stat.st_mtime, md.state, md.corpus, curve)
+
+
+def _curve(state: TrainState | None, path: Path) -> list[tuple[int, float]]:
+    """The validation curve: from the checkpoint, else from metrics.jsonl beside it."""
+    if state is not None and state.val_curve:
+        return [(int(s), float(v)) for s, v in state.val_curve]
+    metrics = path.parent / "metrics.jsonl"
+    curve = []
+    if metrics.is_file():
+        for line in metrics.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+                curve.append((int(rec["step"]), float(rec["val_loss"])))
+            except (ValueError, KeyError, TypeError):
+                continue
+    return curve
+
+
+def describe_runs(runs: Path) -> list[RunInfo]:
+    """Every run folder under ``runs`` with a readable checkpoint, newest first.
+    Folders whose checkpoint cannot be read are skipped."""
+    if not runs.is_dir():
+        raise CharlmError(f"{runs}: no such folder. Train a model first: charlm train shakespeare")
+    found = []
+    for d in sorted(p for p in runs.iterdir() if p.is_dir()):
+        try:
+            found.append(describe(d))
+        except CharlmError:
+            continue
+    return sorted(found, key=lambda r: r.modified, reverse=True)

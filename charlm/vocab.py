@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,11 +19,26 @@ import numpy as np
 from charlm.errors import CharlmError
 
 MAX_VOCAB = 65_536  # ids are stored as uint16
+CODE_POINTS = 0x110000  # size of the Unicode code space
+BLOCK_CHARS = 2**20  # characters converted to code points / ids at a time (bounds the temporaries)
 
 
 def code_points(text: str) -> np.ndarray:
     """The code points of ``text`` as a (len(text),) uint32 array, without a Python loop."""
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
+
+
+def code_point_blocks(text: str) -> Iterator[np.ndarray]:
+    """The code points of ``text`` in blocks of at most BLOCK_CHARS: (n,) uint8 when
+    the text is ASCII (one byte per character instead of four), else (n,) uint32.
+    Blocks keep the temporaries of indexing small (NumPy widens indices to int64)."""
+    ascii_only = text.isascii()
+    for start in range(0, len(text), BLOCK_CHARS):
+        block = text[start : start + BLOCK_CHARS]
+        if ascii_only:
+            yield np.frombuffer(block.encode("ascii"), dtype=np.uint8)
+        else:
+            yield code_points(block)
 
 
 def describe_char(ch: str) -> str:
@@ -99,11 +115,21 @@ class Vocab:
         if unknown == "error":
             listed = ", ".join(describe_char(c) for c, _ in missing.most_common(10))
             more = "" if len(missing) <= 10 else f" and {len(missing) - 10} more"
+            count = sum(missing.values())
             raise CharlmError(
-                f"{sum(missing.values())} character(s) not in the model's vocabulary: "
-                f"{listed}{more}. Remove them, or use --unknown skip to drop them."
+                f"{count} character(s) not in the model's vocabulary: {listed}{more}. "
+                "Remove them, or have unknown characters skipped.",
+                kind="unknown_chars",
+                count=count,
+                listed=f"{listed}{more}",
             )
         return EncodeResult(idx[known].astype(np.uint16), missing)
+
+    def id_table(self) -> np.ndarray:
+        """(0x110000,) int32: the id of every code point, −1 for characters outside the vocabulary."""
+        table = np.full(CODE_POINTS, -1, dtype=np.int32)
+        table[self._cps] = np.arange(len(self), dtype=np.int32)
+        return table
 
     def decode(self, ids) -> str:
         ids = np.asarray(ids, dtype=np.int64)

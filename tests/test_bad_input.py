@@ -263,7 +263,7 @@ CASES = [
         "option-threads-above-batch",
         ["train", "small.txt", *TINY, "--threads", "9"],
         2,
-        r"--threads 9 is more than --batch-size \d+: each block needs a row of its own",
+        r"--threads 9 is more than the batch size \d+: each block needs a row of its own",
         SMALL,
     ),
     Case(
@@ -298,7 +298,13 @@ CASES = [
         Case(f"option-name-{i}", ["train", "small.txt", *TINY, "--name", bad], 2, r"give a plain folder name", SMALL)
         for i, bad in enumerate(["a/b", "../escape", "..", " "])
     ],
-    Case("option-cell-unknown", ["train", "small.txt", *TINY, "--cell", "transformer"], 2, r"unknown cell", SMALL),
+    Case(
+        "option-cell-unknown",
+        ["train", "small.txt", *TINY, "--cell", "transformer"],
+        2,
+        r"--cell 'transformer' is not a cell",
+        SMALL,
+    ),
     Case("option-unknown", ["train", "small.txt", "--hiden", "5"], 2, r"No such option: --hiden", SMALL),
     Case("argument-missing", ["train"], 2, r"Missing argument"),
     Case("command-unknown", ["trian", "small.txt"], 2, r"No such command 'trian'", SMALL),
@@ -550,8 +556,8 @@ def test_disk_full_while_saving_keeps_the_old_checkpoint(workdir, capsys, monkey
     assert len(errors) == 1 and err.rstrip().endswith(errors[0])
     assert re.search(r"cannot write checkpoint .*last\.safetensors: No space left on device\. .*unchanged", errors[0])
     run_dir = workdir / "runs" / "small"
-    assert load(run_dir / "last.safetensors").train["step"] == 4
-    assert load(run_dir / "best.safetensors").train["step"] == 4
+    assert load(run_dir / "last.safetensors").state.step == 4
+    assert load(run_dir / "best.safetensors").state.step == 4
     assert not list(run_dir.glob("*.tmp")) and not list(run_dir.glob(".*.tmp"))
     assert len(seen) == 2
 

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from charlm import checkpoint
 from charlm.checkpoint import Checkpoint, load, save
+from charlm.config import TrainConfig, TrainState
+from charlm.corpus import CorpusFingerprint
 from charlm.errors import CheckpointError
 from charlm.model import CharModel, ModelConfig
 from charlm.vocab import Vocab
@@ -22,7 +24,7 @@ def make(tmp_path, cell="lstm", name="m.safetensors"):
     model = CharModel(ModelConfig(len(vocab), cell=cell, embed=3, hidden=5, layers=2, dropout=0.1), seed=4)
     path = tmp_path / name
     extra = {"optimizer.exp_avg": np.arange(model.num_params, dtype=np.float32)}
-    save(path, model, vocab, {"step": 7, "best_val": 1.5}, {"sha256": "ab"}, extra)
+    save(path, model, vocab, TrainState(step=7, best_val=1.5), CorpusFingerprint(sha256="ab"), extra)
     return path, model, vocab
 
 
@@ -33,8 +35,8 @@ def test_round_trip_is_exact(tmp_path, cell):
     assert isinstance(ck, Checkpoint)
     assert ck.config == model.config
     assert ck.vocab == vocab
-    assert ck.train == {"step": 7, "best_val": 1.5}
-    assert ck.corpus == {"sha256": "ab"}
+    assert ck.state == TrainState(step=7, best_val=1.5) and ck.train_config is None
+    assert ck.corpus == CorpusFingerprint(sha256="ab")
     for name, p in model.params.items():
         assert np.array_equal(ck.params[name], p), name
     assert np.array_equal(ck.extra["optimizer.exp_avg"], np.arange(model.num_params, dtype=np.float32))
@@ -177,6 +179,92 @@ def test_bad_metadata_is_refused(tmp_path, changes, match):
     rewrite_meta(path, **changes)
     with pytest.raises(CheckpointError, match=match):
         load(path)
+
+
+@pytest.mark.parametrize(
+    "changes,match",
+    [
+        ({"train": json.dumps({"step": "seven"})}, "training state 'step' has the wrong type"),
+        ({"train": json.dumps({"config": {"lr": "fast"}})}, "training setting 'lr' has the wrong type"),
+        ({"corpus": json.dumps({"chars": "many"})}, "corpus fingerprint's 'chars' has the wrong type"),
+    ],
+)
+def test_damaged_training_metadata_is_refused(tmp_path, changes, match):
+    path, *_ = make(tmp_path)
+    rewrite_meta(path, **changes)
+    with pytest.raises(CheckpointError, match=match):
+        load(path)
+
+
+# Metadata exactly as 1ce1bb7 wrote it for a resumable run (json.dumps of plain dicts, sorted keys).
+OLD_CONFIG = {
+    "batch_size": 4,
+    "clip": 5.0,
+    "epochs": None,
+    "eval_every": 10,
+    "final_lr_frac": 0.1,
+    "lr": 0.003,
+    "minutes": None,
+    "seed": 7,
+    "seq_len": 16,
+    "steps": 60,
+    "threads": 1,
+    "val_chars": 500000,
+    "val_frac": 0.1,
+    "warmup": 50,
+}
+OLD_TRAIN = {
+    "adam_t": 30,
+    "best_step": 30,
+    "best_val": 3.364525,
+    "chars_seen": 1920,
+    "config": OLD_CONFIG,
+    "elapsed": 1.25,
+    "epoch": 0,
+    "position": 30,
+    "rng": {"bit_generator": "PCG64", "has_uint32": 0, "state": {"inc": 7, "state": 2**90 + 1}, "uinteger": 0},
+    "step": 30,
+    "total_steps": 60,
+    "train_seconds": 1.0,
+    "val_curve": [[10, 4.17], [20, 3.9], [30, 3.36453]],
+}
+OLD_CORPUS = {
+    "chars": 1115394,
+    "encoding": "latin-1",
+    "errors": "replace",
+    "name": "shakespeare.txt",
+    "sha256": "86c4e6",
+    "val_chars": 111539,
+}
+
+
+def test_an_old_header_is_read_once_into_typed_objects_and_written_back_the_same(tmp_path):
+    path, model, vocab = make(tmp_path)
+    rewrite_meta(path, train=json.dumps(OLD_TRAIN, sort_keys=True), corpus=json.dumps(OLD_CORPUS, sort_keys=True))
+    ck = load(path)
+    assert ck.state.step == 30 and ck.state.position == 30 and ck.state.total_steps == 60
+    assert ck.state.best_val == 3.364525 and ck.state.val_curve == OLD_TRAIN["val_curve"]
+    assert ck.state.rng == OLD_TRAIN["rng"] and ck.state.adam_t == 30
+    assert ck.train_config == TrainConfig(batch_size=4, seq_len=16, eval_every=10, steps=60, seed=7, threads=1)
+    assert ck.corpus == CorpusFingerprint("shakespeare.txt", "86c4e6", 1115394, 111539, "latin-1", "replace")
+    again = tmp_path / "again.safetensors"
+    save(again, ck.build_model(), ck.vocab, ck.state, ck.corpus)
+    _, meta = checkpoint.read_header(again)
+    assert meta["train"] == json.dumps(OLD_TRAIN, sort_keys=True)
+    assert meta["corpus"] == json.dumps(OLD_CORPUS, sort_keys=True)
+
+
+def test_the_shipped_models_headers_round_trip(tmp_path):
+    from charlm.corpora import shipped_model
+
+    for name in ("shakespeare", "news"):
+        path = shipped_model(name)
+        if path is None:
+            pytest.skip("no shipped models in this install")
+        header, meta = checkpoint.read_header(path)
+        md = checkpoint.read_metadata(path, header, meta)
+        assert json.dumps(md.state.to_dict(checkpoint.HISTORY_FIELDS), sort_keys=True) == meta["train"]
+        assert json.dumps(md.corpus.to_dict(), sort_keys=True) == meta["corpus"]
 
 
 def test_missing_tensor_is_refused(tmp_path):

@@ -219,3 +219,102 @@ def test_forget_bias_is_recorded_and_fixed_on_resume(tmp_path, small_corpus):
     assert json.loads(read_header(runs / "plain" / "last.safetensors")[1]["config"])["forget_bias"] == 0.0
     # a checkpoint from before the setting existed was initialised with b_f = 1
     assert ModelConfig.from_dict({"vocab_size": 5}).forget_bias == 1.0
+
+
+# --------------------------------------------------------------------------- #
+# the library's errors, worded with the flags by the CLI
+# --------------------------------------------------------------------------- #
+
+
+def one_error_line(r) -> str:
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r.output, r.output
+    return lines[0][len("error: ") :]
+
+
+@pytest.mark.parametrize(
+    ("args", "start"),
+    [
+        (["--lr", "-1"], "--lr must be a finite number greater than 0 (got -1)."),
+        (["--clip", "0"], "--clip must be a finite number greater than 0"),
+        (["--epochs", "0"], "--epochs must be a finite number greater than 0"),
+        (["--minutes", "-1"], "--minutes must be a finite number greater than 0"),
+        (["--val-frac", "0.7"], "--val-frac must be in (0, 0.5] (got 0.7)"),
+        (["--errors", "ignore"], "--errors must be 'strict' or 'replace', not 'ignore'."),
+        (["--dropout", "0.95"], "--dropout must be between 0 and 0.9 (got 0.95)"),
+        (["--forget-bias", "11"], "--forget-bias must be between -10 and 10 (got 11)."),
+        (["--cell", "gru", "--forget-bias", "1"], "--forget-bias is for the LSTM's forget gate; a gru cell has none."),
+        (["--cell", "lsmt"], "--cell 'lsmt' is not a cell charlm knows; choose one of: lstm, gru, rnn."),
+        (["--threads", "9"], "--threads 9 is more than the batch size 4: each block needs a row of its own."),
+    ],
+)
+def test_a_config_check_reaches_the_user_as_its_flag(tmp_path, small_corpus, args, start):
+    r = runner.invoke(app, ["train", str(small_corpus), "--out", str(tmp_path / "runs"), *TINY, *args])
+    assert r.exit_code == 2
+    assert one_error_line(r).startswith(start)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_corpus_errors_advise_the_flags(tmp_path, small_corpus, tiny_checkpoint):
+    out = ["--out", str(tmp_path / "runs")]
+    r = runner.invoke(app, ["train", str(tiny_checkpoint), *out])
+    assert r.exit_code == 1 and one_error_line(r).endswith("checkpoints go to --checkpoint/-c or --resume.")
+    r = runner.invoke(app, ["train", str(small_corpus), *out, "--batch-size", "64", "--seq-len", "64"])
+    line = one_error_line(r)
+    assert r.exit_code == 1 and "--batch-size 64 × --seq-len 64 needs at least" in line and "--val-frac 0.1" in line
+    assert line.endswith("Use a longer text or smaller --batch-size/--seq-len.")
+    short = tmp_path / "short.txt"
+    short.write_text(SMALL_TEXT[:300], encoding="utf-8")
+    r = runner.invoke(app, ["train", str(short), *out, "--batch-size", "1", "--seq-len", "8", "--val-frac", "0.001"])
+    assert r.exit_code == 1 and "--val-frac 0.001 holds out 0 of its 300 characters" in one_error_line(r)
+    assert "Raise --val-frac to" in one_error_line(r)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_resume_errors_advise_the_flags(tmp_path, small_corpus, tiny_checkpoint):
+    r = runner.invoke(app, ["train", str(small_corpus), "--resume", str(tiny_checkpoint)])
+    assert r.exit_code == 1 and one_error_line(r).endswith("Start a new run (without --resume).")
+    r = runner.invoke(app, ["train", str(small_corpus), "--resume", str(tmp_path / "nowhere")])
+    assert r.exit_code == 1 and one_error_line(r).endswith("Give a folder under runs/ to --resume.")
+    r = runner.invoke(app, ["train", str(small_corpus), "--resume", "--out", str(tmp_path / "empty")])
+    assert r.exit_code == 1 and "(--resume runs/NAME) or --out FOLDER" in one_error_line(r)
+    assert train_tiny(tmp_path, small_corpus).exit_code == 0
+    run = str(tmp_path / "runs" / "small")
+    r = runner.invoke(app, ["train", str(small_corpus), "--resume", run, "--steps", "4"])
+    assert r.exit_code == 2 and one_error_line(r).startswith("--steps 4 is not more than the 6 steps")
+    r = runner.invoke(app, ["train", str(small_corpus), "--resume", run, "--seq-len", "8"])
+    assert r.exit_code == 2 and one_error_line(r).startswith("--seq-len 8 differs from this run's 16")
+    r = runner.invoke(app, ["train", str(small_corpus), "--resume", run, "--steps", "8", "--lr", "0.001"])
+    assert r.exit_code == 0 and "resuming with --lr 0.001 (was 0.003)" in r.stderr
+
+
+def test_core_modules_name_no_flags():
+    """Only charlm/cli names command-line flags; the library speaks about the thing."""
+    import io
+    import re
+    import tokenize
+
+    flag = re.compile(r"(?<![\w-])--[a-z][a-z-]*")
+    root = Path(__file__).resolve().parent.parent / "charlm"
+    TEXT_TOKENS = {tokenize.STRING, tokenize.COMMENT, getattr(tokenize, "FSTRING_MIDDLE", tokenize.STRING)}
+    core = ("config", "errors", "train", "resume", "checkpoint", "corpus", "text", "data", "vocab", "runs")
+    for name in (*core, "signals", "atomic", "optim", "corpora"):
+        source = (root / f"{name}.py").read_text(encoding="utf-8")
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type in TEXT_TOKENS:
+                assert not flag.search(tok.string), f"charlm/{name}.py:{tok.start[0]} names a flag: {tok.string[:80]}"
+
+
+def test_every_kind_the_library_raises_has_its_cli_wording_and_back():
+    import ast
+
+    from charlm.cli.common import WORDING
+
+    def raised_kinds(source: str):
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", "").endswith(("Error", "Diverged")):
+                yield from (k.value.value for k in node.keywords if k.arg == "kind")
+
+    root = Path(__file__).resolve().parent.parent / "charlm"
+    raised = {kind for path in root.glob("*.py") for kind in raised_kinds(path.read_text(encoding="utf-8"))}
+    assert raised == set(WORDING) - {"diverged_kept"}  # diverged_kept: "diverged" with a checkpoint kept

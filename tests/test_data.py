@@ -5,10 +5,11 @@ import math
 import numpy as np
 import pytest
 
-from charlm.data import BatchStream, decode_bytes, read_text, split_text
+from charlm.data import BatchStream, split_text
 from charlm.errors import CorpusError
 from charlm.evaluate import score_ids, surprisal, surprisal_chunks
 from charlm.model import CharModel, ModelConfig
+from charlm.text import decode_bytes, read_text
 
 
 def test_batches_continue_each_row_across_steps():

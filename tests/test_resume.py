@@ -19,8 +19,10 @@ from typer.testing import CliRunner
 
 from charlm import checkpoint
 from charlm.cli import app
-from charlm.errors import CheckpointError, CorpusError, UsageError
-from charlm.train import Callbacks, TrainConfig, TrainingDiverged, prepare_run, resume_run
+from charlm.config import ModelConfig, TrainConfig
+from charlm.errors import CheckpointError, CorpusError, TrainingDiverged, UsageError
+from charlm.resume import resume_run
+from charlm.train import Callbacks, prepare_run
 from tests.conftest import SMALL_TEXT
 
 runner = CliRunner()
@@ -54,7 +56,8 @@ class Poison(Callbacks):
 
 def make_trainer(corpus, run_dir, dropout=0.0, callbacks=None, **config):
     cfg = TrainConfig(batch_size=4, seq_len=16, eval_every=6, seed=3, steps=N, warmup=5, **config)
-    return prepare_run(corpus, run_dir, cfg, layers=2, hidden=12, embed=6, dropout=dropout, callbacks=callbacks)
+    model = ModelConfig(layers=2, hidden=12, embed=6, dropout=dropout)
+    return prepare_run(corpus, run_dir, model, cfg, callbacks)
 
 
 def straight_and_split(corpus, tmp_path, dropout, sabotage=None):
@@ -123,12 +126,12 @@ def test_resume_refuses_weights_only_checkpoint(tiny_checkpoint, small_corpus):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"hidden": 13}, "--hidden 13 differs from this run's 12"),
-        ({"seq_len": 8}, "--seq-len 8 differs"),
-        ({"dropout": 0.5}, "--dropout 0.5 differs"),
-        ({"steps": N}, f"--steps {N} is not more than the {N} steps"),
+        ({"hidden": 13}, "hidden 13 differs from this run's 12"),
+        ({"seq_len": 8}, "seq_len 8 differs"),
+        ({"dropout": 0.5}, "dropout 0.5 differs"),
+        ({"steps": N}, f"a budget of {N} steps is not more than the {N} steps"),
         ({}, "already used its budget"),
-        ({"epochs": 1.0}, "--epochs 1 is not more than"),
+        ({"epochs": 1.0}, "a budget of 1 epochs is not more than"),
     ],
 )
 def test_resume_option_conflicts(small_corpus, tmp_path, options, message):
@@ -142,7 +145,7 @@ def test_resume_budget_rules(small_corpus, tmp_path):
     last = tmp_path / "run" / "last.safetensors"
     same = resume_run(last, small_corpus, {"hidden": 12, "lr": 1e-3})  # same value: fine; lr may change
     assert same.total_steps == N and same.config.lr == 1e-3
-    assert same.notes[1] == "resuming with --lr 0.001 (was 0.003)"
+    assert same.changed == {"lr": (3e-3, 1e-3)}
     longer = resume_run(last, small_corpus, {"steps": 2 * N})
     assert longer.total_steps == 2 * N and longer.run().steps == 2 * N
     more = resume_run(last, small_corpus, {"minutes": 0.5})  # minutes more than already spent
@@ -180,10 +183,11 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(small_corpus, tmp_p
     message = str(e.value)
     assert "\n" not in message
     assert message.startswith(f"training diverged at step {caught_at}: {what}.")
-    assert "(step 6), is kept" in message and "--lr" in message and "--clip" in message
+    assert "(step 6), is kept" in message and "learning rate" in message and "clipping norm" in message
+    assert "--" not in message  # the library names no flags; the CLI words it with them
     for name in ("last.safetensors", "best.safetensors"):
         ck = checkpoint.load(run / name)  # load() itself refuses non-finite weights
-        assert ck.train["step"] == 6
+        assert ck.state.step == 6
         assert all(np.isfinite(p).all() for p in ck.params.values())
     assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [6]
 
@@ -215,7 +219,7 @@ def train(*args):
 
 def last_params(run):
     ck = checkpoint.load(run / "last.safetensors")
-    return ck.build_model().flat, ck.extra["optimizer.exp_avg_sq"], ck.train["step"]
+    return ck.build_model().flat, ck.extra["optimizer.exp_avg_sq"], ck.state.step
 
 
 def test_cli_interrupt_and_resume_is_bit_identical(small_corpus, tmp_path, monkeypatch):
@@ -225,7 +229,7 @@ def test_cli_interrupt_and_resume_is_bit_identical(small_corpus, tmp_path, monke
     r = train(str(small_corpus), "--steps", "50", "--out", out, "--name", "straight", "--eval-every", "10", *TINY)
     assert r.exit_code == 0, r.output
 
-    from charlm.progress import TrainingDisplay
+    from charlm.cli.progress import TrainingDisplay
 
     real_on_step = TrainingDisplay.on_step
 
@@ -256,7 +260,7 @@ def test_cli_interrupt_and_resume_is_bit_identical(small_corpus, tmp_path, monke
 
 
 def test_second_ctrl_c_during_the_final_save_is_absorbed(small_corpus, tmp_path, monkeypatch):
-    from charlm.progress import TrainingDisplay
+    from charlm.cli.progress import TrainingDisplay
 
     def on_step(self, trainer, loss):
         if trainer.step == 5:
@@ -345,7 +349,7 @@ def test_cli_divergence_is_one_line_and_keeps_checkpoints(small_corpus, tmp_path
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
     for name in ("last.safetensors", "best.safetensors"):
         ck = checkpoint.load(run / name)
-        assert ck.train["step"] == 12 and all(np.isfinite(p).all() for p in ck.params.values())
+        assert ck.state.step == 12 and all(np.isfinite(p).all() for p in ck.params.values())
 
     # two row blocks: the worker thread's overflow is silenced too (np.errstate is per thread)
     fresh = train(

@@ -35,14 +35,14 @@ def test_shipped_model_is_small_float16_and_trained_on_its_corpus(name):
         assert not any(k.startswith(("optimizer.", "state.")) for k in f.keys())  # exported: weights only
     ck = load(path)
     text = (corpus_dir() / f"{name}.txt").read_text(encoding="utf-8")
-    assert ck.corpus["sha256"] and ck.corpus["chars"] == len(text)
+    assert ck.corpus.sha256 and ck.corpus.chars == len(text)
     assert set(ck.vocab.chars) == set(text)  # the vocabulary is the whole corpus's
-    assert math.isfinite(ck.train["best_val"]) and ck.train["val_curve"]
+    assert math.isfinite(ck.state.best_val) and ck.state.val_curve
     # It predicts its own held-out tail far better than chance (ln V ≈ 4.2–4.9 nats/char).
     tail = text[len(text) - int(round(len(text) * 0.1)) :][:20_000]
     score = score_ids(ck.build_model(), ck.vocab.encode(tail).ids)
     assert score.nats_per_char < 1.8
-    assert abs(score.nats_per_char - ck.train["best_val"]) < 0.25  # a slice, not the whole tail
+    assert abs(score.nats_per_char - ck.state.best_val) < 0.25  # a slice, not the whole tail
 
 
 def test_sample_from_a_shipped_model_by_name():

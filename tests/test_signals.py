@@ -48,7 +48,7 @@ def wait_for(condition, proc: subprocess.Popen, timeout: float = 60.0) -> None:
 
 
 def step_of(path: Path) -> int:
-    return checkpoint.load(path).train["step"]
+    return checkpoint.load(path).state.step
 
 
 def params_of(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -201,23 +201,6 @@ def test_kill_9_in_the_middle_of_a_save_keeps_the_old_checkpoint(tmp_path, small
     assert step_of(run / "last.safetensors") == 12
 
 
-def test_remove_stale_temps_spares_live_writers(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead_pid = int(dead.stdout)
-    names = [
-        f".last.safetensors.{dead_pid}.tmp",  # its writer is gone: stale
-        f".best.safetensors.{os.getpid()}.tmp",  # this process is alive
-        f".last.safetensors.{os.getppid()}.tmp",  # so is the parent
-        "notes.tmp",  # not a name atomic_write uses
-        "last.safetensors.1.tmp",
-    ]
-    for name in names:
-        (tmp_path / name).write_bytes(b"x")
-    removed = checkpoint.remove_stale_temps(tmp_path)
-    assert removed == [tmp_path / names[0]]
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[1:])
-
-
 def _children(pid: int) -> set[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
@@ -273,3 +256,15 @@ def test_ctrl_c_with_worker_processes(tmp_path, small_corpus):
     assert _gone(workers)
     if os.path.isdir("/dev/shm"):
         assert {n for n in set(os.listdir("/dev/shm")) - shm_before if n.startswith("charlm-")} == set()
+
+
+def test_signals_call_routes_both_signals_and_restores_the_handlers():
+    from charlm.signals import signals_call
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    seen = []
+    with signals_call(seen.append):
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert seen == [signal.SIGINT, signal.SIGTERM]
+    assert {sig: signal.getsignal(sig) for sig in before} == before

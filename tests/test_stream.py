@@ -16,12 +16,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from charlm import corpus as corpus_mod
 from charlm import data
+from charlm import text as text_mod
+from charlm import vocab as vocab_mod
 from charlm.cli import run
-from charlm.data import decode_bytes, encode_stream, iter_text, load_corpus, min_corpus_chars, split_text
+from charlm.config import ModelConfig, TrainConfig
+from charlm.corpus import load_corpus, min_corpus_chars
+from charlm.data import encode_stream, split_text
 from charlm.errors import CorpusError
 from charlm.evaluate import score_ids
-from charlm.train import TrainConfig, prepare_run
+from charlm.text import decode_bytes, iter_text
+from charlm.train import prepare_run
 from charlm.vocab import Vocab
 from tests.conftest import SMALL_TEXT
 
@@ -64,7 +70,7 @@ def test_chunking_never_changes_text_or_error(raw, chunk, errors):
 @given(text=st.text(alphabet=st.characters(exclude_categories=("Cs",)), min_size=1, max_size=200))
 def test_valid_text_round_trips_through_any_chunking(text):
     raw = text.encode()
-    if raw.startswith((b"\xef\xbb\xbf", *data.BINARY_MAGIC)) or b"\x00" in raw or text.isspace():
+    if raw.startswith((b"\xef\xbb\xbf", *text_mod.BINARY_MAGIC)) or b"\x00" in raw or text.isspace():
         return
     assert pieces(raw, 3) == text == raw.decode()
 
@@ -126,22 +132,22 @@ def reference(path: Path, val_frac: float):
 
 
 def test_small_corpus_is_encoded_in_memory(mixed_file, cache, monkeypatch):
-    monkeypatch.setattr(data, "CHUNK_BYTES", 7)  # many chunk boundaries inside multi-byte characters
-    c = load_corpus(mixed_file, val_frac=0.1, batch_size=4, seq_len=8)
+    monkeypatch.setattr(text_mod, "CHUNK_BYTES", 7)  # many chunk boundaries inside multi-byte characters
+    c = load_corpus(mixed_file, TrainConfig(val_frac=0.1, batch_size=4, seq_len=8))
     vocab, train, val = reference(mixed_file, 0.1)
     assert c.vocab == vocab
     assert np.array_equal(c.train_ids, train) and np.array_equal(c.val_ids, val)
     assert c.ids.dtype == np.uint16 and not isinstance(c.ids, np.memmap) and c.cache is None
-    assert c.info()["sha256"] == hashlib.sha256(mixed_file.read_bytes()).hexdigest()
-    assert c.info()["chars"] == len(MIXED * 3)
+    assert c.fingerprint().sha256 == hashlib.sha256(mixed_file.read_bytes()).hexdigest()
+    assert c.fingerprint().chars == len(MIXED * 3)
     assert not cache.exists()  # nothing written for a small corpus
 
 
 def test_large_corpus_goes_through_the_memmap_cache(mixed_file, cache, monkeypatch):
-    monkeypatch.setattr(data, "MEMMAP_MIN_CHARS", 1000)
-    monkeypatch.setattr(data, "CHUNK_BYTES", 100)
+    monkeypatch.setattr(corpus_mod, "MEMMAP_MIN_CHARS", 1000)
+    monkeypatch.setattr(text_mod, "CHUNK_BYTES", 100)
     notices = []
-    c = load_corpus(mixed_file, val_frac=0.1, batch_size=4, seq_len=8, report=notices.append)
+    c = load_corpus(mixed_file, TrainConfig(val_frac=0.1, batch_size=4, seq_len=8), report=notices.append)
     vocab, train, val = reference(mixed_file, 0.1)
     assert isinstance(c.ids, np.memmap) and not c.ids.flags.writeable
     assert np.array_equal(c.train_ids, train) and np.array_equal(c.val_ids, val)
@@ -151,19 +157,19 @@ def test_large_corpus_goes_through_the_memmap_cache(mixed_file, cache, monkeypat
     assert re.match(r"encoding [\d,]+ characters to .*reused by later runs", notices[0])
     stamp = c.cache.stat().st_mtime_ns
 
-    again = load_corpus(mixed_file, val_frac=0.1, batch_size=4, seq_len=8, report=notices.append)
+    again = load_corpus(mixed_file, TrainConfig(val_frac=0.1, batch_size=4, seq_len=8), report=notices.append)
     assert notices[1].startswith("using the encoded corpus cached in")
     assert c.cache.stat().st_mtime_ns == stamp
     assert np.array_equal(again.ids, c.ids)
 
 
 def test_a_damaged_cache_is_rebuilt_and_a_failed_write_leaves_nothing(mixed_file, cache, monkeypatch):
-    monkeypatch.setattr(data, "MEMMAP_MIN_CHARS", 1000)
-    c = load_corpus(mixed_file, val_frac=0.1, batch_size=4, seq_len=8)
+    monkeypatch.setattr(corpus_mod, "MEMMAP_MIN_CHARS", 1000)
+    c = load_corpus(mixed_file, TrainConfig(val_frac=0.1, batch_size=4, seq_len=8))
     good = c.cache.read_bytes()
     del c
     Path(cache / next(iter(os.listdir(cache)))).write_bytes(good[:-2])  # truncated by hand
-    rebuilt = load_corpus(mixed_file, val_frac=0.1, batch_size=4, seq_len=8)
+    rebuilt = load_corpus(mixed_file, TrainConfig(val_frac=0.1, batch_size=4, seq_len=8))
     assert rebuilt.cache.read_bytes() == good
     del rebuilt
     for p in cache.iterdir():
@@ -176,21 +182,21 @@ def test_a_damaged_cache_is_rebuilt_and_a_failed_write_leaves_nothing(mixed_file
 
     monkeypatch.setattr(os, "replace", full)
     with pytest.raises(CorpusError, match=r"cannot write the encoded corpus to .*No space left.*CHARLM_CACHE"):
-        load_corpus(mixed_file, val_frac=0.1, batch_size=4, seq_len=8)
+        load_corpus(mixed_file, TrainConfig(val_frac=0.1, batch_size=4, seq_len=8))
     monkeypatch.setattr(os, "replace", real_replace)
     assert list(cache.iterdir()) == []
 
 
 def test_a_file_that_changes_between_the_passes_is_refused(mixed_file, cache, monkeypatch):
-    real = data._encoded_chunks
+    real = corpus_mod.encoded_chunks
 
     def edit_then_encode(scan, progress):
         mixed_file.write_text(MIXED * 3 + "more", encoding="utf-8")
         yield from real(scan, progress)
 
-    monkeypatch.setattr(data, "_encoded_chunks", edit_then_encode)
+    monkeypatch.setattr(corpus_mod, "encoded_chunks", edit_then_encode)
     with pytest.raises(CorpusError, match="changed while it was being read"):
-        load_corpus(mixed_file, val_frac=0.1, batch_size=4, seq_len=8)
+        load_corpus(mixed_file, TrainConfig(val_frac=0.1, batch_size=4, seq_len=8))
 
 
 def test_minimum_length_is_exact():
@@ -203,10 +209,10 @@ def test_training_from_the_memmap_equals_training_from_memory(tmp_path, cache, m
     corpus = tmp_path / "c.txt"
     corpus.write_text(MIXED * 4, encoding="utf-8")
     cfg = dict(batch_size=4, seq_len=8, steps=3, eval_every=3, val_frac=0.1)
-    kw = dict(layers=1, hidden=8, embed=4)
-    a = prepare_run(corpus, tmp_path / "a", TrainConfig(**cfg), **kw)
-    monkeypatch.setattr(data, "MEMMAP_MIN_CHARS", 100)
-    b = prepare_run(corpus, tmp_path / "b", TrainConfig(**cfg), **kw)
+    model = ModelConfig(layers=1, hidden=8, embed=4)
+    a = prepare_run(corpus, tmp_path / "a", model, TrainConfig(**cfg))
+    monkeypatch.setattr(corpus_mod, "MEMMAP_MIN_CHARS", 100)
+    b = prepare_run(corpus, tmp_path / "b", model, TrainConfig(**cfg))
     assert isinstance(b.stream.ids, np.memmap)
     assert a.corpus == b.corpus
     sa, sb = a.run(), b.run()
@@ -217,9 +223,9 @@ def test_training_from_the_memmap_equals_training_from_memory(tmp_path, cache, m
 def test_loading_a_corpus_never_holds_it_whole(tmp_path, cache, monkeypatch):
     """Peak Python/NumPy memory while loading a corpus through the cache does not grow
     with the corpus: it is never one string or one bytes object."""
-    monkeypatch.setattr(data, "CHUNK_BYTES", 256 * 1024)
-    monkeypatch.setattr(data, "BLOCK_CHARS", 64 * 1024)
-    monkeypatch.setattr(data, "MEMMAP_MIN_CHARS", 1 << 20)
+    monkeypatch.setattr(text_mod, "CHUNK_BYTES", 256 * 1024)
+    monkeypatch.setattr(vocab_mod, "BLOCK_CHARS", 64 * 1024)
+    monkeypatch.setattr(corpus_mod, "MEMMAP_MIN_CHARS", 1 << 20)
     block = (MIXED * 40).encode()
     peaks, sizes = [], []
     for megabytes in (3, 12):
@@ -229,7 +235,7 @@ def test_loading_a_corpus_never_holds_it_whole(tmp_path, cache, monkeypatch):
                 f.write(block)
         tracemalloc.start()
         try:
-            c = load_corpus(path, val_frac=0.1, batch_size=4, seq_len=8)
+            c = load_corpus(path, TrainConfig(val_frac=0.1, batch_size=4, seq_len=8))
             peaks.append(tracemalloc.get_traced_memory()[1])
         finally:
             tracemalloc.stop()
@@ -250,8 +256,8 @@ def test_encode_stream_drops_and_counts_unknown_characters_and_spools(monkeypatc
     small = encode_stream(io.BytesIO(raw), vocab)
     assert small.unknown == {"x": 50, "y": 50, "z": 50, "é": 1} and small.unknown_count == 151
     assert vocab.decode(small.ids) == "abc \n" * 50
-    monkeypatch.setattr(data, "MEMMAP_MIN_CHARS", 16)
-    monkeypatch.setattr(data, "CHUNK_BYTES", 5)
+    monkeypatch.setattr(data, "SPOOL_MIN_CHARS", 16)
+    monkeypatch.setattr(text_mod, "CHUNK_BYTES", 5)
     spooled = encode_stream(io.BytesIO(raw), vocab)
     assert isinstance(spooled.ids, np.memmap)
     assert np.array_equal(spooled.ids, small.ids) and spooled.unknown == small.unknown
@@ -267,8 +273,8 @@ def test_streamed_perplexity_equals_in_memory_scoring(tmp_path, tiny_checkpoint,
     enc = ck.vocab.encode(text, unknown="skip")
     expected = score_ids(ck.build_model(), enc.ids, unknown=enc.unknown_count)
 
-    monkeypatch.setattr(data, "MEMMAP_MIN_CHARS", 500)  # spooled to a temporary file
-    monkeypatch.setattr(data, "CHUNK_BYTES", 64)
+    monkeypatch.setattr(data, "SPOOL_MIN_CHARS", 500)  # spooled to a temporary file
+    monkeypatch.setattr(text_mod, "CHUNK_BYTES", 64)
     for args in (["perplexity", str(f), "-c", str(tiny_checkpoint)], ["perplexity", "-", "-c", str(tiny_checkpoint)]):
         monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(text.encode())))
         capsys.readouterr()
@@ -301,9 +307,9 @@ def test_releasing_pages_while_scoring_and_training_changes_nothing(tmp_path, ca
     corpus = tmp_path / "c.txt"
     corpus.write_text(MIXED * 4, encoding="utf-8")
     cfg = dict(batch_size=4, seq_len=8, steps=6, eval_every=3, val_frac=0.2)
-    kw = dict(layers=1, hidden=8, embed=4)
-    monkeypatch.setattr(data, "MEMMAP_MIN_CHARS", 100)
-    a = prepare_run(corpus, tmp_path / "a", TrainConfig(**cfg), **kw)
+    model = ModelConfig(layers=1, hidden=8, embed=4)
+    monkeypatch.setattr(corpus_mod, "MEMMAP_MIN_CHARS", 100)
+    a = prepare_run(corpus, tmp_path / "a", model, TrainConfig(**cfg))
     sa = a.run()
     calls = []
     real = data.release_pages
@@ -311,7 +317,7 @@ def test_releasing_pages_while_scoring_and_training_changes_nothing(tmp_path, ca
     monkeypatch.setattr("charlm.evaluate.release_pages", data.release_pages)
     monkeypatch.setattr(data, "RELEASE_EVERY", 1)
     monkeypatch.setattr("charlm.evaluate.RELEASE_EVERY", 1)
-    b = prepare_run(corpus, tmp_path / "b", TrainConfig(**cfg), **kw)
+    b = prepare_run(corpus, tmp_path / "b", model, TrainConfig(**cfg))
     sb = b.run()
     assert len(calls) > 6  # every batch and every scoring chunk released its pages
     assert np.array_equal(a.model.flat, b.model.flat) and sa.best_val == sb.best_val

@@ -47,19 +47,84 @@ def flag(setting: str) -> str:
     return FLAG_OF_SETTING.get(setting, "--" + setting.replace("_", "-"))
 
 
+# How the CLI words an error whose advice is a flag: CharlmError.kind → a template
+# filled from the error's details (and {flag}, the flag of a "setting" detail).
+WORDING: dict[str, str] = {
+    "checkpoint_as_text": "{label}: looks like a safetensors model file (a checkpoint), not text. Give the text file "
+    "to learn from; checkpoints go to --checkpoint/-c or --resume.",
+    "undecodable": "{label}: not valid {encoding} at byte offset {offset} (byte 0x{byte:02x}). Convert it to UTF-8, "
+    "or pass --encoding NAME or --errors replace.",
+    "codec_refused": "{label}: cannot be read as {encoding} ({reason}). Pass another --encoding "
+    "(UTF-16 without a byte-order mark: utf-16-le or utf-16-be).",
+    "nul_byte": "{label}: contains a NUL byte at byte offset {offset}, so it is binary data, not text. Give a plain "
+    "text file (or --encoding utf-16, utf-16-le or utf-16-be if it is UTF-16 text).",
+    "unknown_chars": "{count} character(s) not in the model's vocabulary: {listed}. "
+    "Remove them, or use --unknown skip to drop them.",
+    "model_not_shipped": "no pretrained {name!r} model is shipped yet. Train one with 'charlm train {name}', "
+    "then use --checkpoint runs/{name}.",
+    "half_overflow": "a weight is too large for float16; save without --half.",
+    "text_too_short_for_batch": "the training text has {chars:,} characters, too short for one batch of "
+    "{batch_size} rows × {seq_len} steps (needs at least {needed:,}). "
+    "Use a longer text or smaller --batch-size/--seq-len.",
+    "corpus_too_short": "{label}: {chars:,} characters, too short for one training batch: --batch-size "
+    "{batch_size} × --seq-len {seq_len} needs at least {minimum:,} characters with --val-frac {val_frac:g}. "
+    "Use a longer text or smaller --batch-size/--seq-len.",
+    "validation_too_short": "{label}: --val-frac {val_frac:g} holds out {n_val} of its {chars:,} characters; "
+    "validation needs at least {needed}. Raise --val-frac to {suggest:.2g} or more, or use a longer text.",
+    "run_folder_unwritable": "cannot create the run folder {path} ({reason}). Choose another --out folder.",
+    "metrics_unwritable": "cannot write {path} ({reason}); the checkpoints of step {step} are saved. "
+    "Free some space or choose another --out folder.",
+    "no_run_to_resume": "no run under {runs} to resume. Give the run folder (--resume runs/NAME) or --out FOLDER, "
+    "or start a new run without --resume.",
+    "no_such_run": "{target}: no such run folder or checkpoint. Give a folder under runs/ to --resume.",
+    "weights_only": "{path}: holds weights only, without the training state, so it cannot be resumed. "
+    "Start a new run (without --resume).",
+    "fixed_on_resume": "{flag} {given} differs from this run's {stored}: a resumed run keeps its model and data "
+    "settings. Drop {flag}, or start a new run without --resume.",
+    "resume_steps": "--steps {steps} is not more than the {done:,} steps this run has taken; on resume --steps "
+    "counts from the start of the run. Give a larger --steps, or --minutes M to train M minutes more.",
+    "resume_epochs": "--epochs {epochs:g} is not more than the {done:.2f} epochs this run has done; on resume "
+    "--epochs counts from the start of the run. Give a larger value.",
+    "budget_used": "the run in {run} has already used its budget ({steps:,} steps). To train on, give a larger "
+    "--steps or --epochs (counted from the start of the run), or --minutes M for M more minutes.",
+    "other_corpus": "{corpus}: this text differs from the one the run in {run} was trained on ({name}, {chars:,} "
+    "characters). Resume with that same text, or start a new run without --resume.",
+    "other_vocab": "{corpus}: its vocabulary differs from the run's, though the text is the same; this checkpoint "
+    "was written by another charlm version. Start a new run without --resume.",
+    "diverged": "training diverged at step {step}: {what}. No checkpoint had been written yet; try a lower --lr "
+    "(now {lr:g}) or a lower --clip (now {clip:g}).",
+    "diverged_kept": "training diverged at step {step}: {what}. The last good checkpoint, {kept} (step {kept_step}), "
+    "is kept; try a lower --lr (now {lr:g}) or a lower --clip (now {clip:g}), from scratch or with --resume {run_dir}.",
+}
+
+
+def cli_message(e: CharlmError) -> str:
+    """The one line the CLI prints for ``e``: a ConfigError names the flag, a known
+    kind is worded with flags (see WORDING), anything else is the error's own text."""
+    if isinstance(e, ConfigError):
+        return f"{flag(e.setting)} {e.problem}"
+    kind = e.kind
+    if kind == "diverged" and e.details.get("kept") is not None:
+        kind = "diverged_kept"
+    if kind in WORDING:
+        details = dict(e.details)
+        if "setting" in details:
+            details["flag"] = flag(str(details["setting"]))
+        return WORDING[kind].format(**details)
+    return str(e)
+
+
 def user_errors(fn):
-    """Turn charlm's own errors into one line on stderr and a non-zero exit: a
-    ConfigError names the flag (exit 2), a CharlmError (its exit_code), an operating-system error such as a full disk (1),
+    """Turn charlm's own errors into one line on stderr and a non-zero exit (see
+    ``cli_message``): a ConfigError names the flag (exit 2), a CharlmError (its exit_code), an operating-system error such as a full disk (1),
     Ctrl-C outside the training loop (130). A closed stdout pipe stays quiet."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except ConfigError as e:  # a config's own check: name the flag that set it
-            fail(f"{flag(e.setting)} {e.problem}", e.exit_code)
-        except CharlmError as e:
-            fail(str(e), e.exit_code)
+        except CharlmError as e:  # a ConfigError names the flag that set it
+            fail(cli_message(e), e.exit_code)
         except KeyboardInterrupt:
             fail("interrupted.", 130)
         except BrokenPipeError:

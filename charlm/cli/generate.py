@@ -14,6 +14,7 @@ from charlm.cli.common import (
     ModelOption,
     app,
     checkpoint_path,
+    cli_message,
     err,
     out,
     user_errors,
@@ -199,8 +200,8 @@ def unescape(text: str) -> str:
 
 
 def _read_prime(path: Path) -> str:
-    from charlm.data import read_text
     from charlm.errors import CorpusError
+    from charlm.text import read_text
 
     if path.is_dir():
         raise UsageError(f"--prime-file {path}: is a folder. Give the path of a text file.")
@@ -209,7 +210,7 @@ def _read_prime(path: Path) -> str:
     try:
         return read_text(path)
     except CorpusError as e:
-        raise UsageError(f"--prime-file {e}") from None
+        raise UsageError(f"--prime-file {cli_message(e)}") from None
 
 
 def _not_in_vocabulary(missing) -> str:
@@ -261,8 +262,9 @@ def perplexity(
     """
     from charlm.checkpoint import load
     from charlm.corpora import resolve
-    from charlm.data import encode_stream, iter_text
+    from charlm.data import encode_stream
     from charlm.evaluate import SpanConfig, score_ids
+    from charlm.text import iter_text
 
     listed = SpanConfig(spans=spans, span_width=span_width).check()
     ckpt = load(checkpoint_path(checkpoint, model_name))
@@ -378,7 +380,7 @@ def score(
 
 def _sentences(given: list[str], file: str | None) -> list[str]:
     """The sentences given, then every non-blank line of --file (- for standard input)."""
-    from charlm.data import decode_bytes, read_text
+    from charlm.text import decode_bytes, read_text
 
     texts = list(given)
     for i, sentence in enumerate(texts, 1):

@@ -61,7 +61,7 @@ def info(
     """Show a checkpoint's model, training and validation-loss curve (reads the header only)."""
     from charlm.corpora import resolve_model
     from charlm.report import info_table
-    from charlm.runinfo import describe
+    from charlm.runs import describe
 
     out.print(info_table(describe(resolve_model(target))))
 
@@ -97,9 +97,9 @@ def runs(
 ) -> None:
     """List the runs under ./runs with their best validation loss and age."""
     from charlm.report import runs_table
-    from charlm.runinfo import list_runs
+    from charlm.runs import describe_runs
 
-    found = list_runs(out_dir)
+    found = describe_runs(out_dir)
     if not found:
         raise CharlmError(f"no runs with a checkpoint under {out_dir}. Train one: charlm train shakespeare")
     out.print(runs_table(found))

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import math
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from typer.core import TyperCommand
 
-from charlm.cli.common import DEFAULT_MINUTES, app, check_threads, err, notice, out, user_errors
+from charlm.cli.common import DEFAULT_MINUTES, app, err, flag, out, user_errors
 from charlm.errors import UsageError
+
+if TYPE_CHECKING:  # imported lazily, so that --help stays instant
+    from charlm.config import ModelConfig, TrainConfig
+    from charlm.train import Trainer
 
 # --------------------------------------------------------------------------- #
 # train
@@ -129,39 +132,10 @@ def train(
     Ctrl-C (or SIGTERM) stops after the current step, saves last.safetensors and
     prints the command that resumes the run (exit code 130, or 143 for SIGTERM).
     """
+    from charlm.config import ModelConfig, TrainConfig
     from charlm.corpora import resolve
-    from charlm.progress import TrainingDisplay
-    from charlm.runs import new_run_dir
-    from charlm.train import TrainConfig, prepare_run
 
-    if errors not in ("strict", "replace"):
-        raise UsageError(f"--errors must be 'strict' or 'replace', not {errors!r}.")
-    if not 0 < val_frac <= 0.5:
-        raise UsageError(f"--val-frac must be in (0, 0.5] (got {val_frac:g}): the share of the text held out.")
-    for flag, value in (
-        ("--lr", lr),
-        ("--clip", clip),
-        ("--epochs", epochs),
-        ("--minutes", minutes),
-    ):
-        if value is not None and not (value > 0 and math.isfinite(value)):
-            raise UsageError(f"{flag} must be a finite number greater than 0 (got {value:g}).")
-    if not 0.0 <= dropout <= 0.9:
-        raise UsageError(f"--dropout must be between 0 and 0.9 (got {dropout:g}): the probability of zeroing a unit.")
-    if not -10.0 <= forget_bias <= 10.0:
-        raise UsageError(f"--forget-bias must be between -10 and 10 (got {forget_bias:g}).")
-    if forget_bias != 0.0 and cell in ("gru", "rnn"):
-        raise UsageError(f"--forget-bias is for the LSTM's forget gate; a {cell} cell has none. Drop the option.")
-    if resume is None:  # a resumed run keeps its own batch size
-        check_threads(threads, batch_size)
-    path, stem = resolve(corpus)
-    if resume is not None:
-        trainer = _resume(ctx, resume, name, out_dir, path)
-        summary = trainer.run()
-        _report_training(summary, corpus)
-        return
-    if steps is None and epochs is None and minutes is None:
-        minutes = DEFAULT_MINUTES
+    model_config = ModelConfig(0, cell, embed, hidden, layers, dropout, forget_bias)
     config = TrainConfig(
         batch_size=batch_size,
         seq_len=seq_len,
@@ -175,7 +149,32 @@ def train(
         minutes=minutes,
         seed=seed,
         threads=threads,
+        encoding=encoding,
+        errors=errors,
     )
+    path, stem = resolve(corpus)
+    if resume is not None:
+        trainer = _resume(ctx, resume, name, out_dir, path)
+    else:
+        trainer = _new_run(path, stem, name, out_dir, model_config, config)
+    summary = trainer.run()
+    _report_training(summary, corpus)
+
+
+def _new_run(
+    path: Path, stem: str, name: str | None, out_dir: Path, model_config: ModelConfig, config: TrainConfig
+) -> Trainer:
+    """The Trainer of a new run in OUT/NAME; with no budget given, DEFAULT_MINUTES."""
+    from dataclasses import replace
+
+    from charlm.cli.progress import TrainingDisplay
+    from charlm.runs import new_run_dir
+    from charlm.train import prepare_run
+
+    model_config.check()
+    config.check()
+    if config.steps is None and config.epochs is None and config.minutes is None:
+        config = replace(config, minutes=DEFAULT_MINUTES)
     if name is not None and (not name.strip() or name in (".", "..") or any(c in name for c in "/\\")):
         raise UsageError(f"--name {name!r}: give a plain folder name (no '/'); the run goes to {out_dir}/NAME.")
     run_dir = out_dir / name if name else new_run_dir(out_dir, stem)
@@ -184,40 +183,25 @@ def train(
             f"{run_dir} already holds a run, which a new run would overwrite. Choose another --name, "
             f"or continue that run with --resume {run_dir}."
         )
-    trainer = prepare_run(
-        path,
-        run_dir,
-        config,
-        cell=cell,
-        layers=layers,
-        hidden=hidden,
-        embed=embed,
-        dropout=dropout,
-        forget_bias=forget_bias,
-        encoding=encoding,
-        errors=errors,
-        callbacks=TrainingDisplay(err),
-        progress=sys.stderr.isatty(),
-        report=notice,
-    )
-    summary = trainer.run()
-    _report_training(summary, corpus)
+    display = TrainingDisplay(err, show_reading=sys.stderr.isatty(), notices=True)
+    return prepare_run(path, run_dir, model_config, config, display)
 
 
-def _resume(ctx: typer.Context, resume: str, name: str | None, out_dir: Path, path: Path):
+def _resume(ctx: typer.Context, resume: str, name: str | None, out_dir: Path, path: Path) -> Trainer:
     """The Trainer for ``train --resume``: the options given on the command line are passed on."""
-    from charlm.progress import TrainingDisplay
+    from charlm.cli.progress import TrainingDisplay
+    from charlm.resume import RESUME_SETTINGS, resume_run
     from charlm.runs import resume_checkpoint
-    from charlm.train import BUDGETS, CHANGEABLE_ON_RESUME, FIXED_ON_RESUME, resume_run
 
     if name is not None:
         raise UsageError("--name cannot be combined with --resume: a resumed run continues in its own folder.")
-    keys = (*FIXED_ON_RESUME, *CHANGEABLE_ON_RESUME, *BUDGETS, "encoding", "errors")
-    given = {k: ctx.params[k] for k in keys if ctx.get_parameter_source(k).name != "DEFAULT"}
+    given = {k: ctx.params[k] for k in RESUME_SETTINGS if ctx.get_parameter_source(k).name != "DEFAULT"}
     target = resume_checkpoint(Path(resume) if resume else None, out_dir)
     trainer = resume_run(target, path, given, callbacks=TrainingDisplay(err))
     for note in trainer.notes:
         err.print(note, markup=False)
+    for setting, (stored, new) in trainer.changed.items():
+        err.print(f"resuming with {flag(setting)} {new:g} (was {stored:g})", markup=False)
     return trainer
 
 

@@ -1,4 +1,4 @@
-"""Showing training progress on stderr: a tqdm bar on a terminal, plain lines otherwise."""
+"""The CLI's training display on stderr: a tqdm bar on a terminal, plain lines otherwise."""
 
 from __future__ import annotations
 
@@ -10,11 +10,17 @@ from charlm.train import Callbacks, Trainer, TrainSummary
 
 
 class TrainingDisplay(Callbacks):
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, show_reading: bool = False, notices: bool = False) -> None:
         self.console = console
         self.interactive = console.file.isatty()
+        self.show_reading = show_reading  # progress bars while the corpus is read
+        self.notices = notices  # print the notices of preparing the run
         self.bar = None
         self.val = math.nan
+
+    def on_notice(self, text: str) -> None:
+        if self.notices:
+            self.console.print(text, markup=False)
 
     def on_start(self, trainer: Trainer) -> None:
         m, c = trainer.model, trainer.config

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -11,7 +12,7 @@ from typer.testing import CliRunner
 
 from charlm.cli import app
 from charlm.report import SPARK, sparkline
-from charlm.runinfo import describe
+from charlm.runs import describe
 
 runner = CliRunner()
 TINY = ["--hidden", "16", "--embed", "8", "--layers", "1", "--batch-size", "4", "--seq-len", "16", "--eval-every", "2"]
@@ -45,7 +46,7 @@ def trained_run(tmp_path, small_corpus, monkeypatch):
 def test_info_reports_training_and_curve(trained_run):
     info = describe(trained_run)
     assert info.path.name == "best.safetensors"
-    assert info.config["hidden"] == 16 and info.vocab_size > 10
+    assert info.config.hidden == 16 and info.vocab_size > 10
     assert [s for s, _ in info.val_curve] == [2, 4, 6]
     assert info.params == sum(
         n for n in (info.vocab_size * 8, 64 * 8, 64 * 16, 64, 64, info.vocab_size * 16, info.vocab_size)
@@ -97,10 +98,59 @@ def test_export_keeps_the_model_and_drops_resume_state(trained_run, tmp_path):
     src, exp = load(trained_run / "best.safetensors"), load(dst)
     assert exp.config == src.config and exp.vocab == src.vocab
     assert not exp.extra  # no optimizer moments, no carried state
-    assert "rng" not in exp.train and exp.train["best_val"] == src.train["best_val"]
+    assert exp.state.rng is None and exp.state.best_val == src.state.best_val
     for name, p in src.params.items():
         assert np.allclose(exp.params[name], p, rtol=1e-3, atol=1e-4), name
     assert dst.stat().st_size < 0.5 * (trained_run / "best.safetensors").stat().st_size
     again = runner.invoke(app, ["export", str(trained_run), str(dst)])
     assert again.exit_code == 2 and "--force" in again.stderr
     assert load(dst).params["decoder.bias"].dtype == np.float32
+
+
+# --------------------------------------------------------------------------- #
+# RunFolder: the folder and the save policy
+# --------------------------------------------------------------------------- #
+
+
+def test_run_folder_writes_checkpoints_before_the_metrics_line(tmp_path):
+    from charlm.runs import RunFolder
+
+    folder = RunFolder(tmp_path / "runs" / "x")
+    folder.open(0)
+    assert folder.created and folder.path.is_dir()
+    order = []
+
+    def save(path):
+        order.append((path.name, folder.metrics.exists() and folder.metrics.read_text().count("\n")))
+
+    folder.record(save, {"step": 4, "val_loss": 2.0}, improved=True)
+    folder.record(save, {"step": 8, "val_loss": 2.5}, improved=False)
+    assert order == [("last.safetensors", False), ("best.safetensors", False), ("last.safetensors", 1)]
+    assert [json.loads(x)["step"] for x in folder.metrics.read_text().splitlines()] == [4, 8]
+
+
+def test_run_folder_on_resume_trims_the_abandoned_future_and_stale_temps(tmp_path):
+    from charlm.runs import RunFolder
+
+    folder = RunFolder(tmp_path / "run")
+    folder.path.mkdir()
+    folder.metrics.write_text('{"step": 4}\n{"step": 8}\n{"step": 12}\n{"step": 1')  # killed mid-line
+    stale = folder.path / ".last.safetensors.999999999.tmp"  # no such process
+    stale.write_bytes(b"half")
+    folder.open(8)
+    assert not folder.created and not stale.exists()
+    assert folder.metrics.read_text() == '{"step": 4}\n{"step": 8}\n'
+
+
+def test_run_folder_that_stayed_empty_is_removed_only_if_this_session_made_it(tmp_path):
+    from charlm.runs import RunFolder
+
+    made = RunFolder(tmp_path / "new")
+    made.open(0)
+    made.discard_if_empty()
+    assert not made.path.exists()
+    kept = RunFolder(tmp_path / "old")
+    kept.path.mkdir()
+    kept.open(0)
+    kept.discard_if_empty()
+    assert kept.path.is_dir()

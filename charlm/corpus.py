@@ -1,0 +1,282 @@
+"""The training corpus: checked, measured and encoded to ids, in memory or in a cached memmap.
+
+(The corpora shipped with charlm are found by name in ``charlm.corpora``.)
+
+``load_corpus`` makes two passes over the file with ``charlm.text.iter_text``:
+the first collects the vocabulary (the set of code points), the character count
+and the sha256 of the bytes, and refuses the corpus before anything is written;
+the second encodes it to a uint16 id array. Corpora of ``MEMMAP_MIN_CHARS``
+characters or more are encoded to a file in the cache folder (``$CHARLM_CACHE``,
+else ``$XDG_CACHE_HOME/charlm``, else ``~/.cache/charlm``), named by the sha256
+of the bytes and the decoding options, written to a temporary name and renamed
+into place when complete, and then used as an ``np.memmap``: later runs on the
+same file skip the second pass.
+
+The last ``val_frac`` of the characters is held out for validation.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from charlm.config import TrainConfig
+from charlm.errors import CorpusError
+from charlm.text import iter_text
+from charlm.vocab import CODE_POINTS, MAX_VOCAB, Vocab, code_point_blocks, code_points
+
+MEMMAP_MIN_CHARS = 16 * 2**20  # corpora this long are encoded to a cached np.memmap, not to memory
+CACHE_ENV = "CHARLM_CACHE"  # environment variable naming the cache folder
+MIN_VAL_CHARS = 2  # held-out characters: the first is context, the rest are predicted
+
+
+@dataclass(frozen=True)
+class CorpusFingerprint:
+    """What a checkpoint records about the text it was trained on; None: not recorded
+    (checkpoints of older versions, or written by hand)."""
+
+    name: str | None = None  # file name
+    sha256: str | None = None  # of the file's bytes
+    chars: int | None = None  # N: characters after decoding
+    val_chars: int | None = None  # characters held out at the end
+    encoding: str | None = None  # how the text was read, so a resumed run reads it the same way
+    errors: str | None = None  # error policy of that reading
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CorpusFingerprint:
+        """Raises ValueError for a field of the wrong type; unknown fields are ignored."""
+        if not isinstance(d, dict):
+            raise ValueError("the corpus fingerprint is not a JSON object")
+        values = {f.name: d.get(f.name) for f in fields(cls)}
+        for name, v in values.items():
+            kind = int if name in ("chars", "val_chars") else str
+            if v is not None and (not isinstance(v, kind) or isinstance(v, bool)):
+                raise ValueError(f"the corpus fingerprint's {name!r} has the wrong type")
+        return cls(**values)
+
+
+def cache_dir() -> Path:
+    """Where encoded large corpora are kept: $CHARLM_CACHE, else $XDG_CACHE_HOME/charlm,
+    else ~/.cache/charlm. Deleting it is always safe."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "charlm"
+
+
+def min_corpus_chars(batch_size: int, seq_len: int, val_frac: float) -> int:
+    """Fewest characters N such that the N − round(N·val_frac) training characters
+    fill one batch of ``batch_size`` rows × ``seq_len`` steps (plus the last target)."""
+    needed = batch_size * seq_len + 1
+    n = max(needed, int(needed / (1.0 - min(val_frac, 0.5))) - 2)
+    while n - int(round(n * val_frac)) < needed:
+        n += 1
+    return n
+
+
+@dataclass(frozen=True)
+class CorpusScan:
+    """What the first pass over a corpus file learns, before anything is written."""
+
+    path: Path
+    label: str
+    encoding: str  # codec name as given, e.g. "utf-8"
+    errors: str  # "strict" or "replace"
+    n_chars: int  # N: characters after decoding (a byte-order mark is not counted)
+    sha256: str  # of the file's bytes, as read
+    vocab: Vocab  # every code point of the text, sorted
+
+
+def scan_corpus(path: Path, encoding: str = "utf-8", errors: str = "strict", *, progress: bool = False) -> CorpusScan:
+    """First pass: check the whole file (see ``iter_text``), count its characters,
+    collect its vocabulary and hash its bytes. Raises CorpusError or UsageError."""
+    path = Path(path)
+    label = str(path)
+    try:
+        special = path.exists() and not path.is_dir() and not path.is_file()
+    except OSError:
+        special = False  # iter_text reports it
+    if special:
+        raise CorpusError(
+            f"{label}: not a regular file (a pipe or a device). Training reads the corpus twice; save it to a file first."
+        )
+    digest = hashlib.sha256()
+    seen = np.zeros(CODE_POINTS, dtype=bool)  # (0x110000,) code points present
+    n_chars = 0
+    for text in iter_text(path, label, encoding, errors, digest=digest, progress="reading" if progress else None):
+        n_chars += len(text)
+        for cps in code_point_blocks(text):
+            seen[cps] = True
+    cps = np.flatnonzero(seen)
+    if cps.size > MAX_VOCAB:
+        raise CorpusError(
+            f"{label}: {cps.size:,} distinct characters; a charlm model holds at most {MAX_VOCAB:,} "
+            "(ids are 16-bit). Use a text with fewer distinct characters."
+        )
+    vocab = Vocab("".join(map(chr, cps.tolist())))
+    return CorpusScan(path, label, encoding, errors, n_chars, digest.hexdigest(), vocab)
+
+
+def encoded_chunks(scan: CorpusScan, progress: bool) -> Iterator[np.ndarray]:
+    """Second pass: the ids of the file chunk by chunk, each (n,) uint16; refuses a file
+    that changed since ``scan`` (other length or other bytes)."""
+    table = np.zeros(CODE_POINTS, dtype=np.uint16)  # every character of the file is in the vocabulary
+    table[code_points(scan.vocab.chars)] = np.arange(len(scan.vocab), dtype=np.uint16)
+    digest = hashlib.sha256()
+    n = 0
+    changed = CorpusError(f"{scan.label}: the file changed while it was being read. Run the command again.")
+    for text in iter_text(
+        scan.path, scan.label, scan.encoding, scan.errors, digest=digest, progress="encoding" if progress else None
+    ):
+        for cps in code_point_blocks(text):
+            ids = np.take(table, cps, mode="clip")  # (n,) uint16
+            n += len(ids)
+            if n > scan.n_chars:
+                raise changed
+            yield ids
+    if n != scan.n_chars or digest.hexdigest() != scan.sha256:
+        raise changed
+
+
+def _discard(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def encode_corpus(
+    scan: CorpusScan, *, progress: bool = False, report: Callable[[str], None] | None = None
+) -> tuple[np.ndarray, Path | None]:
+    """(ids, cache file): the (N,) uint16 ids of the scanned corpus.
+
+    Below ``MEMMAP_MIN_CHARS`` characters the ids are an in-memory array and no
+    file is written. Longer corpora are encoded to ``cache_dir()/<sha256>-<encoding>-
+    <errors>.u16`` (raw little-endian uint16), written under a temporary name and
+    renamed when complete, so a half-written cache is never used; an existing
+    cache file of the right size is reused. The ids are then a read-only np.memmap.
+    """
+    N = scan.n_chars
+    if N < MEMMAP_MIN_CHARS:
+        ids = np.empty(N, dtype=np.uint16)  # (N,)
+        pos = 0
+        for chunk in encoded_chunks(scan, progress):
+            ids[pos : pos + len(chunk)] = chunk
+            pos += len(chunk)
+        return ids, None
+    codec = codecs.lookup(scan.encoding).name  # one name per codec: utf8, UTF-8 → utf-8
+    path = cache_dir() / f"{scan.sha256}-{codec}-{scan.errors}.u16"
+    try:
+        if path.is_file() and path.stat().st_size == 2 * N:
+            if report:
+                report(f"using the encoded corpus cached in {path}")
+            return np.memmap(path, dtype="<u2", mode="r", shape=(N,)), path
+    except OSError:
+        pass  # unreadable cache: encode again
+    if report:
+        report(f"encoding {N:,} characters to {path} ({2 * N / 1e6:,.0f} MB, reused by later runs on this file)")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            for chunk in encoded_chunks(scan, progress):
+                f.write(chunk.astype("<u2", copy=False))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return np.memmap(path, dtype="<u2", mode="r", shape=(N,)), path
+    except OSError as e:
+        _discard(tmp)
+        raise CorpusError(
+            f"cannot write the encoded corpus to {path} ({e.strerror or e}). "
+            f"Free some space or set {CACHE_ENV} to another folder."
+        ) from None
+    except BaseException:
+        _discard(tmp)
+        raise
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """A checked, encoded training corpus with its validation tail."""
+
+    scan: CorpusScan
+    ids: np.ndarray  # (N,) uint16, in memory or a read-only np.memmap
+    n_val: int  # characters held out at the end
+    cache: Path | None = None  # the memmap's file, if any
+
+    @property
+    def vocab(self) -> Vocab:
+        return self.scan.vocab
+
+    @property
+    def train_ids(self) -> np.ndarray:
+        return self.ids[: len(self.ids) - self.n_val]
+
+    @property
+    def val_ids(self) -> np.ndarray:
+        return self.ids[len(self.ids) - self.n_val :]
+
+    def fingerprint(self) -> CorpusFingerprint:
+        """What checkpoints record about this corpus."""
+        s = self.scan
+        return CorpusFingerprint(s.path.name, s.sha256, s.n_chars, self.n_val, s.encoding, s.errors)
+
+
+def check_length(scan: CorpusScan, config: TrainConfig) -> int:
+    """The number of held-out characters; a CorpusError when the text is too short for
+    one training batch after the validation tail, or the tail too short to validate."""
+    B, T, f = config.batch_size, config.seq_len, config.val_frac
+    n_val = int(round(scan.n_chars * f))
+    minimum = min_corpus_chars(B, T, f)
+    if scan.n_chars < minimum:
+        raise CorpusError(
+            f"{scan.label}: {scan.n_chars:,} characters, too short for one training batch: a batch of {B} rows × "
+            f"{T} steps needs at least {minimum:,} characters when {f:g} of them are held out. "
+            "Use a longer text or a smaller batch size or sequence length.",
+            kind="corpus_too_short",
+            label=scan.label,
+            chars=scan.n_chars,
+            batch_size=B,
+            seq_len=T,
+            minimum=minimum,
+            val_frac=f,
+        )
+    if n_val < MIN_VAL_CHARS:
+        raise CorpusError(
+            f"{scan.label}: a validation fraction of {f:g} holds out {n_val} of its {scan.n_chars:,} characters; "
+            f"validation needs at least {MIN_VAL_CHARS}. Raise the fraction to "
+            f"{min(0.5, (MIN_VAL_CHARS + 0.5) / scan.n_chars):.2g} or more, or use a longer text.",
+            kind="validation_too_short",
+            label=scan.label,
+            val_frac=f,
+            n_val=n_val,
+            chars=scan.n_chars,
+            needed=MIN_VAL_CHARS,
+            suggest=min(0.5, (MIN_VAL_CHARS + 0.5) / scan.n_chars),
+        )
+    return n_val
+
+
+def load_corpus(
+    path: Path, config: TrainConfig, *, progress: bool = False, report: Callable[[str], None] | None = None
+) -> Corpus:
+    """Check, measure and encode a training corpus without holding it as a string.
+
+    Everything that can be wrong with the file — including being too short for
+    one batch of ``config.batch_size`` × ``config.seq_len`` after the last
+    ``config.val_frac`` is held out — is found by the first pass, before anything
+    is written. The file is read with ``config.encoding`` and ``config.errors``.
+    """
+    scan = scan_corpus(Path(path), config.encoding, config.errors, progress=progress)
+    n_val = check_length(scan, config)
+    ids, cache = encode_corpus(scan, progress=progress, report=report)
+    return Corpus(scan, ids, n_val, cache)

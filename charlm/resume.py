@@ -1,0 +1,170 @@
+"""Continuing a run exactly where it stopped.
+
+The path is straight: the checkpoint is read once into typed objects (model
+config, training state with its settings, vocabulary, corpus fingerprint); the
+settings given for this session are merged into them by field name; the corpus
+is read as before and checked against the fingerprint; the Trainer restores
+the weights, Adam's moments, carried state and RNG. Everything is checked
+before anything on disk changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from charlm import checkpoint
+from charlm.config import TrainConfig
+from charlm.errors import CheckpointError, CorpusError, UsageError
+from charlm.train import Callbacks, Trainer, build_trainer
+
+# Settings a resumed run keeps from its checkpoint (a different value is refused) …
+FIXED_ON_RESUME = (
+    "cell",
+    "layers",
+    "hidden",
+    "embed",
+    "dropout",
+    "forget_bias",
+    "batch_size",
+    "seq_len",
+    "val_frac",
+    "val_chars",
+    "seed",
+)
+# … settings it may change (threads: bit-exact only with the same worker count) …
+CHANGEABLE_ON_RESUME = ("lr", "clip", "eval_every", "threads")
+# … budgets, any of which replaces all stored ones, and how the corpus is read.
+BUDGETS = ("steps", "epochs", "minutes")
+READING = ("encoding", "errors")
+RESUME_SETTINGS = (*FIXED_ON_RESUME, *CHANGEABLE_ON_RESUME, *BUDGETS, *READING)
+
+
+def merge_settings(ckpt: checkpoint.Checkpoint, given: dict) -> tuple[TrainConfig, dict[str, tuple]]:
+    """The training settings of the resumed session and what changed (setting →
+    (stored, new)). ``given`` holds only the settings given for this session, by
+    field name. Rules:
+
+    * model and data layout come from the checkpoint; a setting among
+      ``FIXED_ON_RESUME`` that contradicts it is refused (``UsageError``);
+    * ``lr``, ``clip``, ``eval_every`` and ``threads`` may change;
+    * budget: none given → the stored one continues, so the learning-rate
+      schedule goes on exactly; ``steps`` / ``epochs`` → new totals counted from
+      the start of the run; ``minutes`` → minutes of additional training. Any
+      budget given replaces all stored ones;
+    * ``encoding`` / ``errors`` default to how the corpus was read before.
+    """
+    state, corpus = ckpt.state, ckpt.corpus
+    config = state.config
+    stored = {**asdict(config), **asdict(ckpt.config)}
+    for key in FIXED_ON_RESUME:
+        if key in given and given[key] != stored[key]:
+            raise UsageError(
+                f"{key} {given[key]} differs from this run's {stored[key]}: a resumed run keeps its model and data "
+                "settings. Leave it out, or start a new run.",
+                kind="fixed_on_resume",
+                setting=key,
+                given=given[key],
+                stored=stored[key],
+            )
+    changed = {k: (stored[k], given[k]) for k in CHANGEABLE_ON_RESUME if k in given and given[k] != stored[k]}
+    config = replace(config, **{k: new for k, (_, new) in changed.items()})
+    reading = {
+        "encoding": (corpus.encoding if corpus else None) or "utf-8",
+        "errors": (corpus.errors if corpus else None) or "strict",
+    }
+    config = replace(config, **{k: given.get(k, reading[k]) for k in READING})
+    budget = {k: given[k] for k in BUDGETS if k in given}
+    if budget:
+        minutes = state.elapsed / 60.0 + budget["minutes"] if "minutes" in budget else None
+        config = replace(config, steps=budget.get("steps"), epochs=budget.get("epochs"), minutes=minutes)
+    if "steps" in budget and config.steps <= state.step:
+        raise UsageError(
+            f"a budget of {config.steps} steps is not more than the {state.step:,} steps this run has taken; on "
+            "resume the step budget counts from the start of the run. Give a larger one, or a budget in minutes "
+            "to train that much longer.",
+            kind="resume_steps",
+            steps=config.steps,
+            done=state.step,
+        )
+    return config, changed
+
+
+def resume_run(
+    checkpoint_path: Path, corpus_path: Path, given: dict | None = None, callbacks: Callbacks | None = None
+) -> Trainer:
+    """A Trainer that continues the run ``checkpoint_path`` belongs to, in its folder.
+    ``given``: the settings given for this session, by field name (see ``merge_settings``).
+    The corpus must be the same text (sha256) with the same vocabulary."""
+    given = {k: v for k, v in (given or {}).items() if v is not None}
+    if set(given) - set(RESUME_SETTINGS):
+        raise ValueError(f"resume_run: unknown settings {sorted(set(given) - set(RESUME_SETTINGS))}")
+    ckpt = checkpoint.load(Path(checkpoint_path))
+    where, state = ckpt.path, ckpt.state
+    if ckpt.train_config is None or state.rng is None or "optimizer.exp_avg" not in ckpt.extra:
+        raise CheckpointError(
+            f"{where}: holds weights only, without the training state, so it cannot be resumed. "
+            "Start a new run instead.",
+            kind="weights_only",
+            path=where,
+        )
+    config, changed = merge_settings(ckpt, given)
+    config.check()  # the model config is the stored one, as it was built
+    trainer = build_trainer(corpus_path, where.parent, ckpt.config, config, callbacks)
+    check_same_text(trainer, ckpt, corpus_path)
+    trainer.restore(ckpt)
+    step, elapsed = state.step, state.elapsed
+    if any(k in given for k in BUDGETS):
+        trainer.total_steps = trainer.planned_steps(elapsed / step if step else None)
+    check_budget_left(trainer, given, step, elapsed)
+    trainer.notes = [f"resuming {where} at step {step:,} (epoch {step / trainer.stream.steps_per_epoch:.2f})"]
+    trainer.changed = changed
+    return trainer
+
+
+def check_same_text(trainer: Trainer, ckpt: checkpoint.Checkpoint, corpus_path: Path) -> None:
+    """Refuse a corpus other than the one the run was trained on."""
+    stored = ckpt.corpus
+    run = ckpt.path.parent
+    if stored is None or trainer.corpus.sha256 != stored.sha256:
+        name, chars = (stored.name, stored.chars) if stored is not None else (None, None)
+        raise CorpusError(
+            f"{corpus_path}: this text differs from the one the run in {run} was trained on "
+            f"({name or '?'}, {chars or 0:,} characters). Resume with that same text, or start a new run.",
+            kind="other_corpus",
+            corpus=corpus_path,
+            run=run,
+            name=name or "?",
+            chars=chars or 0,
+        )
+    if trainer.vocab != ckpt.vocab:
+        raise CorpusError(
+            f"{corpus_path}: its vocabulary differs from the run's, though the text is the same; this checkpoint "
+            "was written by another charlm version. Start a new run.",
+            kind="other_vocab",
+            corpus=corpus_path,
+        )
+
+
+def check_budget_left(trainer: Trainer, given: dict, step: int, elapsed: float) -> None:
+    """Refuse to resume a run whose budget is already used up."""
+    config = trainer.config
+    done = trainer.total_steps is not None and step >= trainer.total_steps
+    if not (done or (config.minutes is not None and elapsed >= config.minutes * 60.0)):
+        return
+    epochs_done = step / trainer.stream.steps_per_epoch
+    if any(k in given for k in BUDGETS) and config.epochs is not None:
+        raise UsageError(
+            f"a budget of {config.epochs:g} epochs is not more than the {epochs_done:.2f} epochs this run has "
+            "done; on resume the epoch budget counts from the start of the run. Give a larger value.",
+            kind="resume_epochs",
+            epochs=config.epochs,
+            done=epochs_done,
+        )
+    raise UsageError(
+        f"the run in {trainer.run_dir} has already used its budget ({step:,} steps). To train on, give a larger "
+        "budget of steps or epochs (counted from the start of the run), or a number of minutes more.",
+        kind="budget_used",
+        run=trainer.run_dir,
+        steps=step,
+    )
