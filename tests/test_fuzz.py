@@ -104,6 +104,7 @@ def test_every_truncation_is_refused(good, target):
         assert not loads_or_refuses(target, good[:cut]), cut
 
 
+@pytest.mark.slow
 def test_every_single_bit_flip_in_the_header(good, target):
     """All 8·(8 + header) single-bit flips of the length prefix and the JSON header."""
     (n,) = struct.unpack("<Q", good[:8])
@@ -129,6 +130,7 @@ def test_random_bytes_behind_a_plausible_length(target, body, length):
     loads_or_refuses(target, struct.pack("<Q", length) + body)
 
 
+@pytest.mark.slow
 @fuzz(1500)
 @given(data=st.data())
 def test_bit_flips_anywhere(good, target, data):
@@ -141,6 +143,7 @@ def test_bit_flips_anywhere(good, target, data):
     loads_or_refuses(target, bytes(b))
 
 
+@pytest.mark.slow
 @fuzz(1000)
 @given(data=st.data())
 def test_splices_and_overwrites(good, target, data):
@@ -180,6 +183,7 @@ def config_values():
     )
 
 
+@pytest.mark.slow
 @fuzz(1200)
 @given(data=st.data())
 def test_mutated_header_fields(good, target, data):
@@ -285,6 +289,7 @@ def test_vocab_from_arbitrary_json(value):
     parses_or_refuses(json.dumps(value))
 
 
+@pytest.mark.slow
 @fuzz(1000)
 @given(cps=st.lists(st.integers(-2, 0x110002) | st.booleans() | st.floats(allow_nan=False), max_size=40))
 def test_vocab_from_code_point_lists(cps):

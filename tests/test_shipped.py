@@ -53,6 +53,7 @@ def test_sample_from_a_shipped_model_by_name():
     assert again.stdout == r.stdout
 
 
+@pytest.mark.slow
 def test_installed_script_scores_with_the_news_model(tmp_path):
     text = (corpus_dir() / "news.txt").read_text(encoding="utf-8")[-5_000:]
     (tmp_path / "tail.txt").write_text(text, encoding="utf-8")

@@ -71,7 +71,9 @@ def straight(tmp_path_factory) -> Path:
     return root / "small" / "last.safetensors"
 
 
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(
+    ("sig", "code"), [(signal.SIGINT, 130), pytest.param(signal.SIGTERM, 143, marks=pytest.mark.slow)]
+)
 def test_signal_saves_prints_resume_command_and_resumes_exactly(tmp_path, small_corpus, straight, sig, code):
     run = tmp_path / "runs" / "small"
     proc = start(tmp_path, str(small_corpus), "--steps", str(STEPS), "--eval-every", "50", "--out", "runs", *TINY)
@@ -99,6 +101,7 @@ def test_signal_saves_prints_resume_command_and_resumes_exactly(tmp_path, small_
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_moments_never_leaves_a_bad_checkpoint(tmp_path, small_corpus):
     """With --eval-every 1 the run writes last.safetensors (and often best) at every
     step. Odd attempts kill at a random moment, even ones as soon as a temporary
@@ -218,6 +221,7 @@ def _gone(pids: set[int], timeout: float = 20.0) -> bool:
     return False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs /proc")
 def test_ctrl_c_with_worker_processes(tmp_path, small_corpus):
     """Two row blocks, so a worker process trains beside the main one. A terminal's
