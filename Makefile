@@ -3,7 +3,7 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 
-.PHONY: install test lint format demo bench bench-quality models model-shakespeare model-news clean
+.PHONY: install test test-fast lint format demo bench bench-quality models model-shakespeare model-news clean
 
 $(BIN)/charlm: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -14,6 +14,9 @@ install: $(BIN)/charlm            ## virtual environment with charlm and the tes
 
 test: install                     ## the test suite
 	$(BIN)/python -m pytest -q
+
+test-fast: install                ## the quick lane: every test not marked slow
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: install                     ## ruff lint and format check
 	$(BIN)/ruff check charlm tests benchmarks

@@ -227,11 +227,13 @@ def render(
                 "",
             ]
         ),
-        f"Command (run in `{Path.cwd()}`):",
+        "Command:",
         "",
-        "```",
+        "```bash",
         command,
         "```",
+        "",
+        "Earlier runs and what changed between them: [HISTORY.md](HISTORY.md).",
         "",
         "## Machine",
         "",
@@ -388,7 +390,8 @@ def parse_args(argv: list[str] | None = None):
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(["compare.py", *argv])
+    # the command as a user types it from the checkout: no interpreter path, no working directory
+    command = shlex.join(["python", "benchmarks/compare.py", *(sys.argv[1:] if argv is None else argv)])
     series = plan(args.configs, args.cells, args.sample)
     started = datetime.now(UTC)
     t0 = time.perf_counter()

@@ -27,9 +27,9 @@ Vanishing gradients, measured: for the cells at initialisation and trained at th
 the norm of ∂(u_plural − u_singular)/∂x<T−d> — how much the input d steps before the answer
 can still move it — averaged over 512 sequences, relative to its value at d = 0 (the query).
 
-    /work/venv/bin/python benchmarks/long_range.py              # about 5 minutes; writes LONG_RANGE.md
-    /work/venv/bin/python benchmarks/long_range.py --task plain --out /tmp/PLAIN.md
-    /work/venv/bin/python benchmarks/long_range.py --steps 100 --ks 5,20 --seeds 1 --out /tmp/L.md   # smoke test
+    python benchmarks/long_range.py                 # about 5 minutes; writes LONG_RANGE.md
+    python benchmarks/long_range.py --task plain --out /tmp/PLAIN.md
+    python benchmarks/long_range.py --steps 100 --ks 5,20 --seeds 1 --out /tmp/L.md   # smoke test
 
 BLAS runs single-threaded (the matrices are tiny; this also makes a run bit-for-bit
 reproducible).
@@ -327,10 +327,10 @@ def main(argv: list[str] | None = None) -> None:
         args.ks = parse_ks(args.ks)
     except ValueError as e:
         fail(f"{e}. Example: --ks 5,20,50,100", 2)
-    command = "python benchmarks/long_range.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = shlex.join(["python", "benchmarks/long_range.py", *(sys.argv[1:] if argv is None else argv)])
     t0 = time.perf_counter()
     results = run(args)
-    text = report(args, results, time.perf_counter() - t0, command.strip())
+    text = report(args, results, time.perf_counter() - t0, command)
     write_atomic(args.out, text)
     print(text)
 

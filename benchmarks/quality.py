@@ -292,13 +292,14 @@ def render(res: dict, seconds: float, corpus: str, command: str, charlm_cmd: str
             f"(charlm − PyTorch = {c['best_val'] - p['best_val']:+.4f} nats/char). charlm trained "
             f"{c['steps'] / max(p['steps'], 1):.2f}× as many steps.",
             "",
-            f"Command (run in `{Path.cwd()}`):",
+            "Command:",
             "",
-            "```",
+            "```bash",
             command,
             "```",
             "",
-            f"charlm side: `{charlm_cmd}`. Histories: `quality.json` next to this file.",
+            f"charlm side: `{charlm_cmd}`. Histories: `quality.json` next to this file. "
+            "Earlier runs: [HISTORY.md](HISTORY.md).",
         ]
     )
 
@@ -336,7 +337,8 @@ def parse_args(argv: list[str] | None = None):
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(["quality.py", *argv])
+    # the command as a user types it from the checkout: no interpreter path, no working directory
+    command = shlex.join(["python", "benchmarks/quality.py", *(sys.argv[1:] if argv is None else argv)])
     started = datetime.now(UTC)
     try:
         from charlm.errors import CharlmError
