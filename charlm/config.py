@@ -88,6 +88,8 @@ class TrainConfig:
     threads: int = 0  # row blocks computed in parallel (0: one per core, see charlm.parallel)
     encoding: str = "utf-8"  # text encoding of the corpus file (stored with the corpus fingerprint)
     errors: str = "strict"  # undecodable bytes: strict (refuse the file) or replace (stored likewise)
+    normalize: bool = True  # NFC-normalize the text as it is read (stored likewise)
+    keep_cr: bool = False  # keep "\r\n" as two characters instead of reading it as "\n" (stored likewise)
 
     def check(self) -> None:
         """Refuse a value that cannot train (ConfigError naming the field)."""
@@ -113,8 +115,8 @@ class TrainConfig:
             )
 
     def to_dict(self) -> dict:
-        """The settings a checkpoint's training state stores; encoding and errors go
-        with the corpus fingerprint instead."""
+        """The settings a checkpoint's training state stores; how the text is read
+        (STORED_WITH_CORPUS) goes with the corpus fingerprint instead."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in STORED_WITH_CORPUS}
 
     @classmethod
@@ -137,7 +139,7 @@ class TrainConfig:
         return cls(**values)
 
 
-STORED_WITH_CORPUS = ("encoding", "errors")  # TrainConfig fields the corpus fingerprint records
+STORED_WITH_CORPUS = ("encoding", "errors", "normalize", "keep_cr")  # TrainConfig fields the corpus fingerprint records
 
 
 def _is_int(v: object) -> bool:

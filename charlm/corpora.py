@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from charlm.errors import CharlmError
-
 SHIPPED = {
     "shakespeare": ("shakespeare.txt", "Tiny Shakespeare (karpathy/char-rnn), public domain"),
     "news": (
@@ -47,7 +45,8 @@ def resolve(name_or_path: str) -> tuple[Path, str]:
 
 
 # Pretrained models, one per shipped corpus: charlm/models/NAME.safetensors in an
-# installed wheel, models/NAME.safetensors in a checkout.
+# installed wheel, models/NAME.safetensors in a checkout. A model argument is
+# resolved to one of them, a run or a file by charlm.runs.find_model.
 SHIPPED_MODELS = ("shakespeare", "news")
 
 
@@ -58,25 +57,3 @@ def shipped_model(name: str) -> Path | None:
         if (folder / f"{name}.safetensors").is_file():
             return folder / f"{name}.safetensors"
     return None
-
-
-def resolve_model(name_or_path: str) -> Path:
-    """A shipped model name or a checkpoint path → the checkpoint path.
-    A file that exists wins over a shipped name of the same spelling."""
-    p = Path(name_or_path)
-    if p.exists():
-        return p
-    if name_or_path not in SHIPPED_MODELS:
-        raise CharlmError(
-            f"{name_or_path}: no such checkpoint, run folder or shipped model. The shipped models are "
-            f"{' and '.join(SHIPPED_MODELS)}; or train one with 'charlm train FILE'."
-        )
-    found = shipped_model(name_or_path)
-    if found is None:
-        raise CharlmError(
-            f"no pretrained {name_or_path!r} model is shipped yet. Train one with 'charlm train {name_or_path}', "
-            f"then use its run folder, runs/{name_or_path}.",
-            kind="model_not_shipped",
-            name=name_or_path,
-        )
-    return found

@@ -5,12 +5,14 @@
 ``load_corpus`` makes two passes over the file with ``charlm.text.iter_text``:
 the first collects the vocabulary (the set of code points), the character count
 and the sha256 of the bytes, and refuses the corpus before anything is written;
-the second encodes it to a uint16 id array. Corpora of ``MEMMAP_MIN_CHARS``
+the second encodes it to a uint16 id array. Both read the text in the form the
+settings ask for (``TextForm``: NFC, ``\r\n`` as ``\n``), which the fingerprint
+records so that scoring reads text the same way. Corpora of ``MEMMAP_MIN_CHARS``
 characters or more are encoded to a file in the cache folder (``$CHARLM_CACHE``,
 else ``$XDG_CACHE_HOME/charlm``, else ``~/.cache/charlm``), named by the sha256
-of the bytes and the decoding options, written to a temporary name and renamed
-into place when complete, and then used as an ``np.memmap``: later runs on the
-same file skip the second pass.
+of the bytes, the decoding options and the text form, written to a temporary
+name and renamed into place when complete, and then used as an ``np.memmap``:
+later runs on the same file skip the second pass.
 
 The last ``val_frac`` of the characters is held out for validation.
 """
@@ -28,7 +30,7 @@ import numpy as np
 
 from charlm.config import TrainConfig
 from charlm.errors import CorpusError
-from charlm.text import iter_text
+from charlm.text import RAW, TextForm, iter_text
 from charlm.vocab import CODE_POINTS, MAX_VOCAB, Vocab, code_point_blocks, code_points
 
 MEMMAP_MIN_CHARS = 16 * 2**20  # corpora this long are encoded to a cached np.memmap, not to memory
@@ -47,9 +49,16 @@ class CorpusFingerprint:
     val_chars: int | None = None  # characters held out at the end
     encoding: str | None = None  # how the text was read, so a resumed run reads it the same way
     errors: str | None = None  # error policy of that reading
+    nfc: bool | None = None  # NFC-normalized as it was read (None: not recorded, read raw)
+    crlf_as_lf: bool | None = None  # "\r\n" read as "\n" (None: not recorded, read raw)
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @property
+    def form(self) -> TextForm:
+        """How text for this model is read: as its training text was; raw when not recorded."""
+        return TextForm(nfc=bool(self.nfc), crlf_as_lf=bool(self.crlf_as_lf))
 
     @classmethod
     def from_dict(cls, d: dict) -> CorpusFingerprint:
@@ -58,10 +67,20 @@ class CorpusFingerprint:
             raise ValueError("the corpus fingerprint is not a JSON object")
         values = {f.name: d.get(f.name) for f in fields(cls)}
         for name, v in values.items():
-            kind = int if name in ("chars", "val_chars") else str
-            if v is not None and (not isinstance(v, kind) or isinstance(v, bool)):
+            kind = int if name in ("chars", "val_chars") else bool if name in ("nfc", "crlf_as_lf") else str
+            if v is not None and (not isinstance(v, kind) or (isinstance(v, bool) and kind is not bool)):
                 raise ValueError(f"the corpus fingerprint's {name!r} has the wrong type")
         return cls(**values)
+
+
+def text_form(fingerprint: CorpusFingerprint | None) -> TextForm:
+    """The form a model's text is read in: its training text's, raw for a checkpoint that records none."""
+    return RAW if fingerprint is None else fingerprint.form
+
+
+def form_of(config: TrainConfig) -> TextForm:
+    """The text form a run's settings ask for."""
+    return TextForm(nfc=config.normalize, crlf_as_lf=not config.keep_cr)
 
 
 def cache_dir() -> Path:
@@ -90,14 +109,17 @@ class CorpusScan:
     label: str
     encoding: str  # codec name as given, e.g. "utf-8"
     errors: str  # "strict" or "replace"
-    n_chars: int  # N: characters after decoding (a byte-order mark is not counted)
+    n_chars: int  # N: characters after decoding and bringing into ``form`` (a byte-order mark is not counted)
     sha256: str  # of the file's bytes, as read
     vocab: Vocab  # every code point of the text, sorted
+    form: TextForm = RAW  # what was done to the decoded text: NFC, "\r\n" as "\n"
 
 
-def scan_corpus(path: Path, encoding: str = "utf-8", errors: str = "strict", *, progress: bool = False) -> CorpusScan:
-    """First pass: check the whole file (see ``iter_text``), count its characters,
-    collect its vocabulary and hash its bytes. Raises CorpusError or UsageError."""
+def scan_corpus(
+    path: Path, encoding: str = "utf-8", errors: str = "strict", *, form: TextForm = RAW, progress: bool = False
+) -> CorpusScan:
+    """First pass: check the whole file (see ``iter_text``), count its characters in
+    ``form``, collect its vocabulary and hash its bytes. Raises CorpusError or UsageError."""
     path = Path(path)
     label = str(path)
     try:
@@ -111,7 +133,8 @@ def scan_corpus(path: Path, encoding: str = "utf-8", errors: str = "strict", *, 
     digest = hashlib.sha256()
     seen = np.zeros(CODE_POINTS, dtype=bool)  # (0x110000,) code points present
     n_chars = 0
-    for text in iter_text(path, label, encoding, errors, digest=digest, progress="reading" if progress else None):
+    reading = "reading" if progress else None
+    for text in iter_text(path, label, encoding, errors, form=form, digest=digest, progress=reading):
         n_chars += len(text)
         for cps in code_point_blocks(text):
             seen[cps] = True
@@ -122,7 +145,7 @@ def scan_corpus(path: Path, encoding: str = "utf-8", errors: str = "strict", *, 
             "(ids are 16-bit). Use a text with fewer distinct characters."
         )
     vocab = Vocab("".join(map(chr, cps.tolist())))
-    return CorpusScan(path, label, encoding, errors, n_chars, digest.hexdigest(), vocab)
+    return CorpusScan(path, label, encoding, errors, n_chars, digest.hexdigest(), vocab, form)
 
 
 def encoded_chunks(scan: CorpusScan, progress: bool) -> Iterator[np.ndarray]:
@@ -133,8 +156,9 @@ def encoded_chunks(scan: CorpusScan, progress: bool) -> Iterator[np.ndarray]:
     digest = hashlib.sha256()
     n = 0
     changed = CorpusError(f"{scan.label}: the file changed while it was being read. Run the command again.")
+    bar = "encoding" if progress else None
     for text in iter_text(
-        scan.path, scan.label, scan.encoding, scan.errors, digest=digest, progress="encoding" if progress else None
+        scan.path, scan.label, scan.encoding, scan.errors, form=scan.form, digest=digest, progress=bar
     ):
         for cps in code_point_blocks(text):
             ids = np.take(table, cps, mode="clip")  # (n,) uint16
@@ -153,6 +177,14 @@ def _discard(path: Path) -> None:
         pass
 
 
+def cache_name(scan: CorpusScan) -> str:
+    """The cache file of a corpus: what its ids depend on, the bytes (sha256), how they are
+    decoded and the text form, e.g. ``<sha256>-utf-8-strict-nfc-lf.u16``."""
+    codec = codecs.lookup(scan.encoding).name  # one name per codec: utf8, UTF-8 → utf-8
+    form = "-".join(name for name, on in (("nfc", scan.form.nfc), ("lf", scan.form.crlf_as_lf)) if on) or "raw"
+    return f"{scan.sha256}-{codec}-{scan.errors}-{form}.u16"
+
+
 def encode_corpus(
     scan: CorpusScan, *, progress: bool = False, report: Callable[[str], None] | None = None
 ) -> tuple[np.ndarray, Path | None]:
@@ -160,7 +192,7 @@ def encode_corpus(
 
     Below ``MEMMAP_MIN_CHARS`` characters the ids are an in-memory array and no
     file is written. Longer corpora are encoded to ``cache_dir()/<sha256>-<encoding>-
-    <errors>.u16`` (raw little-endian uint16), written under a temporary name and
+    <errors>-<form>.u16`` (raw little-endian uint16; see ``cache_name``), written under a temporary name and
     renamed when complete, so a half-written cache is never used; an existing
     cache file of the right size is reused. The ids are then a read-only np.memmap.
     """
@@ -172,8 +204,7 @@ def encode_corpus(
             ids[pos : pos + len(chunk)] = chunk
             pos += len(chunk)
         return ids, None
-    codec = codecs.lookup(scan.encoding).name  # one name per codec: utf8, UTF-8 → utf-8
-    path = cache_dir() / f"{scan.sha256}-{codec}-{scan.errors}.u16"
+    path = cache_dir() / cache_name(scan)
     try:
         if path.is_file() and path.stat().st_size == 2 * N:
             if report:
@@ -228,7 +259,9 @@ class Corpus:
     def fingerprint(self) -> CorpusFingerprint:
         """What checkpoints record about this corpus."""
         s = self.scan
-        return CorpusFingerprint(s.path.name, s.sha256, s.n_chars, self.n_val, s.encoding, s.errors)
+        return CorpusFingerprint(
+            s.path.name, s.sha256, s.n_chars, self.n_val, s.encoding, s.errors, s.form.nfc, s.form.crlf_as_lf
+        )
 
 
 def check_length(scan: CorpusScan, config: TrainConfig) -> int:
@@ -274,9 +307,10 @@ def load_corpus(
     Everything that can be wrong with the file — including being too short for
     one batch of ``config.batch_size`` × ``config.seq_len`` after the last
     ``config.val_frac`` is held out — is found by the first pass, before anything
-    is written. The file is read with ``config.encoding`` and ``config.errors``.
+    is written. The file is read with ``config.encoding`` and ``config.errors``, in
+    the form ``config.normalize`` and ``config.keep_cr`` ask for.
     """
-    scan = scan_corpus(Path(path), config.encoding, config.errors, progress=progress)
+    scan = scan_corpus(Path(path), config.encoding, config.errors, form=form_of(config), progress=progress)
     n_val = check_length(scan, config)
     ids, cache = encode_corpus(scan, progress=progress, report=report)
     return Corpus(scan, ids, n_val, cache)

@@ -23,8 +23,8 @@ from typing import BinaryIO
 import numpy as np
 
 from charlm.errors import CorpusError
-from charlm.text import iter_text
-from charlm.vocab import Vocab, code_point_blocks, describe_char
+from charlm.text import RAW, TextForm, iter_text
+from charlm.vocab import Vocab, code_point_blocks, describe_counts
 
 RELEASE_EVERY = 256  # batches between releasing the read pages of a memmapped corpus
 SPOOL_MIN_CHARS = 16 * 2**20  # text to score this long is spooled to a temporary file, not kept in memory
@@ -101,7 +101,8 @@ class EncodedText:
         return sum(self.unknown.values())
 
     def describe_unknown(self, limit: int = 5) -> str:
-        return ", ".join(describe_char(c) for c, _ in self.unknown.most_common(limit))
+        """The unknown characters with their counts, most frequent first."""
+        return describe_counts(self.unknown, limit)
 
 
 def encode_stream(
@@ -111,10 +112,12 @@ def encode_stream(
     encoding: str = "utf-8",
     errors: str = "strict",
     *,
+    form: TextForm = RAW,
     progress: bool = False,
 ) -> EncodedText:
     """One streaming pass over a file or a binary stream (standard input): check it
-    (see ``iter_text``) and encode it with a fixed vocabulary, dropping and counting
+    (see ``iter_text``), bring it into ``form`` (the model's: see ``CorpusFingerprint.form``)
+    and encode it with a fixed vocabulary, dropping and counting
     unknown characters. Up to ``SPOOL_MIN_CHARS`` ids stay in memory; beyond that
     they are spooled to an unlinked temporary file and returned as a memmap."""
     table = vocab.id_table()  # (0x110000,) int32, −1 = unknown
@@ -123,7 +126,7 @@ def encode_stream(
     n = 0
     spool = None
     try:
-        for text in iter_text(source, label, encoding, errors, progress="reading" if progress else None):
+        for text in iter_text(source, label, encoding, errors, form=form, progress="reading" if progress else None):
             for cps in code_point_blocks(text):
                 idx = np.take(table, cps, mode="clip")  # (n,) int32
                 known = idx >= 0

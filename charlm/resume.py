@@ -15,6 +15,7 @@ from pathlib import Path
 
 from charlm import checkpoint
 from charlm.config import TrainConfig
+from charlm.corpus import text_form
 from charlm.errors import CheckpointError, CorpusError, UsageError
 from charlm.train import Callbacks, Trainer, build_trainer
 
@@ -36,7 +37,7 @@ FIXED_ON_RESUME = (
 CHANGEABLE_ON_RESUME = ("lr", "clip", "eval_every", "threads")
 # … budgets, any of which replaces all stored ones, and how the corpus is read.
 BUDGETS = ("steps", "epochs", "minutes")
-READING = ("encoding", "errors")
+READING = ("encoding", "errors", "normalize", "keep_cr")
 RESUME_SETTINGS = (*FIXED_ON_RESUME, *CHANGEABLE_ON_RESUME, *BUDGETS, *READING)
 
 
@@ -52,7 +53,9 @@ def merge_settings(ckpt: checkpoint.Checkpoint, given: dict) -> tuple[TrainConfi
       schedule goes on exactly; ``steps`` / ``epochs`` → new totals counted from
       the start of the run; ``minutes`` → minutes of additional training. Any
       budget given replaces all stored ones;
-    * ``encoding`` / ``errors`` default to how the corpus was read before.
+    * ``encoding`` / ``errors`` default to how the corpus was read before;
+      ``normalize`` / ``keep_cr`` are the run's (its fingerprint's text form; raw
+      for a checkpoint that records none), and a different value is refused.
     """
     state, corpus = ckpt.state, ckpt.corpus
     config = state.config
@@ -69,10 +72,25 @@ def merge_settings(ckpt: checkpoint.Checkpoint, given: dict) -> tuple[TrainConfi
             )
     changed = {k: (stored[k], given[k]) for k in CHANGEABLE_ON_RESUME if k in given and given[k] != stored[k]}
     config = replace(config, **{k: new for k, (_, new) in changed.items()})
+    form = text_form(corpus)
     reading = {
         "encoding": (corpus.encoding if corpus else None) or "utf-8",
         "errors": (corpus.errors if corpus else None) or "strict",
+        "normalize": form.nfc,
+        "keep_cr": not form.crlf_as_lf,
     }
+    for key in ("normalize", "keep_cr"):
+        if key in given and given[key] != reading[key]:
+            how = "NFC-normalized" if form.nfc else "not normalized"
+            how += ", \\r\\n read as \\n" if form.crlf_as_lf else ", \\r\\n kept"
+            raise UsageError(
+                f"this run read its text {how}; a resumed run reads it the same way. Leave the setting out, "
+                "or start a new run.",
+                kind="form_on_resume",
+                setting=key,
+                given=given[key],
+                how=how,
+            )
     config = replace(config, **{k: given.get(k, reading[k]) for k in READING})
     budget = {k: given[k] for k in BUDGETS if k in given}
     if budget:

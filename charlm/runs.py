@@ -1,4 +1,5 @@
-"""Run folders: naming and finding them, what they hold, and how a run writes into one.
+"""Run folders: naming and finding them, what they hold, and how a run writes into one;
+and the one way every command finds the model it is given (``find_model``).
 
 A run folder ``runs/<name>/`` holds ``last.safetensors`` (written at every
 validation and when a run is stopped), ``best.safetensors`` (when validation
@@ -10,6 +11,7 @@ its safetensors header only, never loading the tensors.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import re
@@ -18,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from charlm import corpora
 from charlm.atomic import atomic_write, remove_stale_temps
 from charlm.checkpoint import read_header, read_metadata
 from charlm.config import ModelConfig, TrainState
@@ -77,9 +80,64 @@ def newest_checkpoint(runs: Path = DEFAULT_RUNS) -> Path | None:
     return checkpoint_in(found[0]) if found else None
 
 
+@dataclass(frozen=True)
+class FoundModel:
+    """The checkpoint a model argument names, and how it was found."""
+
+    path: Path  # the checkpoint file
+    how: str  # "path", "shipped" or "run"
+    note: str | None = None  # worth saying on stderr: a run that has the name of a shipped model
+
+
+def find_model(name: str, runs: Path = DEFAULT_RUNS) -> FoundModel:
+    """The checkpoint ``name`` stands for, tried in this order:
+
+    1. an existing path: a checkpoint file, or a run folder (its best checkpoint, else its last);
+    2. a shipped model's name, in any case (shakespeare, Shakespeare, NEWS);
+    3. a run's name: the folder ``runs``/NAME.
+
+    Shipped names come before run names so that a shipped model's name always means
+    the same model, also after ``charlm train shakespeare`` has made runs/shakespeare
+    (reachable as that path). Anything else is a CharlmError that suggests the
+    closest run and shipped names."""
+    path = Path(name)
+    if path.exists():
+        return FoundModel(checkpoint_in(path), "path")
+    key = name.lower()
+    if key in corpora.SHIPPED_MODELS:
+        found = corpora.shipped_model(key)
+        if found is None:
+            raise CharlmError(
+                f"no pretrained {key!r} model is shipped yet. Train one with 'charlm train {key}', "
+                f"then use its run folder, runs/{key}.",
+                kind="model_not_shipped",
+                name=key,
+            )
+        note = None
+        if (runs / name).is_dir():
+            note = f"{name}: the shipped model; for your run of that name give its folder, {runs / name}"
+        return FoundModel(found, "shipped", note)
+    if len(path.parts) == 1 and (runs / name).is_dir():
+        return FoundModel(checkpoint_in(runs / name), "run")
+    raise CharlmError(f"{name}: no such checkpoint, run folder, run or shipped model.{_did_you_mean(name, runs)}")
+
+
+def _did_you_mean(name: str, runs: Path) -> str:
+    """' Did you mean X?' with the closest run and shipped names (difflib), else a list
+    of the shipped models and where runs are looked for."""
+    names = {n.lower(): n for n in [d.name for d in list_runs(runs)] + list(corpora.SHIPPED_MODELS)}
+    close = difflib.get_close_matches(Path(name).name.lower(), names, n=3, cutoff=0.6)
+    if close:
+        return f" Did you mean {' or '.join(names[c] for c in close)}?"
+    return f" The shipped models are {' and '.join(corpora.SHIPPED_MODELS)}; runs are looked for in {runs}/."
+
+
 def resume_checkpoint(target: Path | None, runs: Path = DEFAULT_RUNS) -> Path:
     """The checkpoint a resumed run continues from: a checkpoint file as given, a run
-    folder's last.safetensors, or (target None) the newest run's under ``runs``."""
+    folder's last.safetensors (the folder as a path, or its name under ``runs``), or
+    (target None) the newest run's under ``runs``."""
+    if target is not None and not target.exists() and len(target.parts) == 1 and (runs / target).is_dir():
+        target = runs / target  # a run's name
     if target is None:
         found = list_runs(runs)
         if not found:
@@ -96,10 +154,13 @@ def resume_checkpoint(target: Path | None, runs: Path = DEFAULT_RUNS) -> Path:
             raise CharlmError(f"{target}: no last.safetensors in this folder, so there is no run to resume here.")
         return last
     if not target.exists():
+        close = difflib.get_close_matches(target.name, [d.name for d in list_runs(runs)], n=3, cutoff=0.6)
+        hint = f" Did you mean {' or '.join(close)}?" if close else ""
         raise CharlmError(
-            f"{target}: no such run folder or checkpoint. Name a run folder under runs/ to resume.",
+            f"{target}: no such run folder, run or checkpoint. Name a run folder under runs/ to resume.{hint}",
             kind="no_such_run",
             target=target,
+            hint=hint,
         )
     return target
 
@@ -253,10 +314,10 @@ def _curve(state: TrainState | None, path: Path) -> list[tuple[int, float]]:
 
 
 def describe_runs(runs: Path) -> list[RunInfo]:
-    """Every run folder under ``runs`` with a readable checkpoint, newest first.
-    Folders whose checkpoint cannot be read are skipped."""
+    """Every run folder under ``runs`` with a readable checkpoint, newest first (none
+    when the folder does not exist). Folders whose checkpoint cannot be read are skipped."""
     if not runs.is_dir():
-        raise CharlmError(f"{runs}: no such folder. Train a model first: charlm train shakespeare")
+        return []
     found = []
     for d in sorted(p for p in runs.iterdir() if p.is_dir()):
         try:

@@ -4,16 +4,28 @@ A corpus is never held as one Python string. ``iter_text`` reads the file in
 chunks of ``CHUNK_BYTES`` and decodes them incrementally (a UTF-8 sequence cut
 by a chunk boundary is completed by the next chunk), checking as it goes:
 empty file, binary magic numbers, NUL bytes and undecodable bytes, each
-reported with its byte offset in the whole file.
+reported with its byte offset in the whole file. The advice of such an error
+fits the file: bytes that look like UTF-16 name that encoding, and a file with
+NUL bytes near the problem is called binary rather than told to replace bytes.
+
+The decoded text is then brought into its ``TextForm`` (``Cleaner``): NFC
+normalization and ``\r\n`` read as ``\n``, each optional. Both are done chunk
+by chunk; the end of a chunk whose form could still change with the next one
+(a ``\r`` before a possible ``\n``, a character a following combining mark
+could compose with) waits for it, so the result never depends on where the
+chunks were cut.
 """
 
 from __future__ import annotations
 
 import codecs
+import functools
 import io
 import os
 import sys
-from collections.abc import Iterator
+import unicodedata
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -21,6 +33,9 @@ from charlm.config import ERROR_POLICIES
 from charlm.errors import ConfigError, CorpusError, UsageError
 
 CHUNK_BYTES = 8 * 2**20  # bytes read, checked and decoded at a time
+HEAD_BYTES = 4096  # bytes from the start of a file that say which encoding it may be in
+LOOKAHEAD_BYTES = 4096  # bytes after an undecodable one searched for NUL bytes (binary data)
+PIECE_CHARS = 2**16  # characters brought into a text form at a time (see Cleaner)
 
 BINARY_MAGIC = {
     b"\x89PNG": "a PNG image",
@@ -80,19 +95,61 @@ def refuse_binary_start(raw: bytes, label: str) -> None:
         )
 
 
-class ChunkDecoder:
-    """Incremental decoding of one file's bytes, naming the byte offset of a problem."""
+def guess_encoding(head: bytes, current: str) -> str | None:
+    """The encoding the first bytes of a file look like when it is not ``current``:
+    utf-32 or utf-16 after their byte-order mark, utf-16-le / utf-16-be when every
+    other byte is NUL (Latin text in UTF-16 without a mark); None otherwise, or when
+    ``head`` is not valid text in that encoding."""
+    if head.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
+        guess = "utf-32"
+    elif head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        guess = "utf-16"
+    else:
+        even, odd, pairs = head[0::2], head[1::2], len(head) // 2
+        if pairs >= 2 and odd.count(0) >= pairs / 4 and even.count(0) == 0:
+            guess = "utf-16-le"
+        elif pairs >= 2 and even.count(0) >= pairs / 4 and odd.count(0) == 0:
+            guess = "utf-16-be"
+        else:
+            return None
+    if codecs.lookup(guess).name == codecs.lookup(current).name:
+        return None
+    try:  # the advice must work: the head decodes, and holds no NUL character
+        text = codecs.getincrementaldecoder(guess)("strict").decode(head, False)
+    except UnicodeError:
+        return None
+    return None if "\x00" in text else guess
 
-    def __init__(self, info: codecs.CodecInfo, encoding: str, errors: str, label: str) -> None:
+
+class ChunkDecoder:
+    """Incremental decoding of one file's bytes, naming the byte offset of a problem.
+
+    ``read_more`` (the stream's read) is called only when a problem is found, to
+    look at the bytes after it: whether the file is text in another encoding, or
+    binary data, is decided from the first HEAD_BYTES of the file and the
+    LOOKAHEAD_BYTES after the problem, whatever the chunk size."""
+
+    def __init__(
+        self,
+        info: codecs.CodecInfo,
+        encoding: str,
+        errors: str,
+        label: str,
+        read_more: Callable[[int], bytes] | None = None,
+    ) -> None:
         self.decoder = codecs.getincrementaldecoder(info.name)(errors)
         self.refuse_nul = not info.name.startswith(("utf-16", "utf-32"))  # NUL is text in UTF-16/32
         self.encoding, self.label = encoding, label
+        self.read_more = read_more
         self.offset = 0  # bytes decoded so far
+        self.head = b""  # the first HEAD_BYTES of the file
         self.at_start = True
 
     def decode(self, raw: bytes, final: bool) -> str:
         """The text of the next chunk (a leading byte-order mark dropped)."""
         label, encoding = self.label, self.encoding
+        if len(self.head) < HEAD_BYTES:
+            self.head += raw[: HEAD_BYTES - len(self.head)]
         nul = raw.find(b"\x00") if self.refuse_nul else -1
         state = self.decoder.getstate()
         pending = len(state[0]) if isinstance(state, tuple) and isinstance(state[0], bytes) else 0
@@ -100,15 +157,7 @@ class ChunkDecoder:
             text = self.decoder.decode(raw if nul < 0 else raw[:nul], final and nul < 0)
         except UnicodeDecodeError as e:
             at = self.offset - pending + e.start  # e.start counts from the bytes held back by the last chunk
-            raise CorpusError(
-                f"{label}: not valid {encoding} at byte offset {at} (byte 0x{e.object[e.start]:02x}). "
-                "Convert it to UTF-8, or read it with its own encoding or with undecodable bytes replaced.",
-                kind="undecodable",
-                label=label,
-                encoding=encoding,
-                offset=at,
-                byte=e.object[e.start],
-            ) from None
+            raise self._undecodable(raw, at, e.object[e.start]) from None
         except UnicodeError as e:  # a codec's own refusal, e.g. UTF-16 without a byte-order mark
             raise CorpusError(
                 f"{label}: cannot be read as {encoding} ({e}). Read it with another encoding "
@@ -119,19 +168,187 @@ class ChunkDecoder:
                 reason=str(e),
             ) from None
         if nul >= 0:
-            raise CorpusError(
-                f"{label}: contains a NUL byte at byte offset {self.offset + nul}, so it is binary data, not text. "
-                "Give a plain text file (or read it as utf-16, utf-16-le or utf-16-be if it is UTF-16 text).",
-                kind="nul_byte",
-                label=label,
-                offset=self.offset + nul,
-            )
+            raise self._nul(raw, self.offset + nul)
         self.offset += len(raw)
         if self.at_start and text:
             self.at_start = False
             if text[0] == "\ufeff":
                 text = text[1:]  # byte-order mark
         return text
+
+    def _after(self, raw: bytes, at: int) -> bytes:
+        """LOOKAHEAD_BYTES from file offset ``at`` (in or after ``raw``), reading ahead;
+        completes ``head`` on the way."""
+        extra = b""
+        if self.read_more is not None:
+            try:
+                extra = self.read_more(HEAD_BYTES + LOOKAHEAD_BYTES)
+            except OSError:
+                pass  # the advice is then from what was read
+        if len(self.head) < HEAD_BYTES:
+            self.head += extra[: HEAD_BYTES - len(self.head)]
+        start = max(0, at - self.offset)
+        return (raw + extra)[start : start + LOOKAHEAD_BYTES]
+
+    def _undecodable(self, raw: bytes, at: int, byte: int) -> CorpusError:
+        """The error for an undecodable byte at file offset ``at``: another encoding if the
+        file looks like one, binary data if NUL bytes are near, else how to read it anyway."""
+        label, encoding = self.label, self.encoding
+        after = self._after(raw, at)
+        guess = guess_encoding(self.head, encoding)
+        if guess is not None:
+            return CorpusError(
+                f"{label}: not valid {encoding} at byte offset {at}; it looks like {guess} text. Read it as {guess}.",
+                kind="other_encoding",
+                label=label,
+                encoding=encoding,
+                offset=at,
+                guess=guess,
+            )
+        if self.refuse_nul and (b"\x00" in self.head or b"\x00" in after):
+            return CorpusError(
+                f"{label}: binary data, not text (byte 0x{byte:02x} at byte offset {at} is not valid {encoding}, "
+                "and NUL bytes are near it). Give a plain text file.",
+                kind="binary_data",
+                label=label,
+                encoding=encoding,
+                offset=at,
+                byte=byte,
+            )
+        return CorpusError(
+            f"{label}: not valid {encoding} at byte offset {at} (byte 0x{byte:02x}). "
+            "Convert it to UTF-8, or read it with its own encoding or with undecodable bytes replaced.",
+            kind="undecodable",
+            label=label,
+            encoding=encoding,
+            offset=at,
+            byte=byte,
+        )
+
+    def _nul(self, raw: bytes, at: int) -> CorpusError:
+        """The error for a NUL byte at file offset ``at``: UTF-16 text read as another
+        encoding, else binary data."""
+        label = self.label
+        self._after(raw, at)
+        guess = guess_encoding(self.head, self.encoding)
+        if guess is not None:
+            return CorpusError(
+                f"{label}: contains a NUL byte at byte offset {at}; it looks like {guess} text. Read it as {guess}.",
+                kind="other_encoding_nul",
+                label=label,
+                offset=at,
+                guess=guess,
+            )
+        return CorpusError(
+            f"{label}: contains a NUL byte at byte offset {at}, so it is binary data, not text. "
+            "Give a plain text file.",
+            kind="nul_byte",
+            label=label,
+            offset=at,
+        )
+
+
+# --------------------------------------------------------------------------- #
+# The form text is read in: NFC, line ends
+# --------------------------------------------------------------------------- #
+
+
+@dataclass(frozen=True)
+class TextForm:
+    """What is done to decoded text on the way in. The default, nothing, is how
+    checkpoints that record no form (older ones) read their text."""
+
+    nfc: bool = False  # Unicode NFC normalization: "o" + U+0308 → "ö"
+    crlf_as_lf: bool = False  # read "\r\n" as "\n" (a lone "\r" stays)
+
+    def apply(self, text: str) -> str:
+        """``text`` in this form, all at once (see Cleaner for text in chunks)."""
+        if self.crlf_as_lf:
+            text = text.replace("\r\n", "\n")
+        return unicodedata.normalize("NFC", text) if self.nfc and not text.isascii() else text
+
+
+RAW = TextForm()
+CLEAN = TextForm(nfc=True, crlf_as_lf=True)  # how new runs read their text unless told otherwise
+
+_HANGUL_V_T = (range(0x1161, 0x1176), range(0x11A8, 0x11C3))  # jamo that compose with a preceding syllable
+
+
+@functools.cache
+def stable_start(ch: str) -> bool:
+    """True if NFC never joins ``ch`` to what comes before it: its decomposition
+    starts with a character of combining class 0 that is not a mark and not a
+    Hangul vowel or final consonant. Every second part of a canonical composition
+    is one of those (tests/test_text.py checks this over all of Unicode), so
+    NFC(a + b) = NFC(a) + NFC(b) whenever b starts with such a character."""
+    if ch < "\u0300":
+        return True  # ASCII and Latin-1/Extended: no marks, nothing composes onto them
+    first = unicodedata.normalize("NFD", ch)[0]
+    return (
+        unicodedata.combining(first) == 0
+        and not unicodedata.category(first).startswith("M")
+        and not any(ord(first) in r for r in _HANGUL_V_T)
+    )
+
+
+class Cleaner:
+    """Brings text read in chunks into a TextForm; the result is the same as
+    ``form.apply`` on the whole text. The text may be cut before a stable start
+    (``stable_start``, for NFC) that does not follow a "\\r" (for line ends): each
+    chunk's tail from its last such cut waits for the next chunk, and the rest is
+    given out in pieces of about PIECE_CHARS, so that no copy of a whole chunk is made."""
+
+    def __init__(self, form: TextForm, piece_chars: int = PIECE_CHARS) -> None:
+        self.form = form
+        self.piece_chars = piece_chars
+        self.pending = ""  # the held-back tail of the last chunk
+
+    def _cut(self, s: str, i: int, final: bool) -> bool:
+        """Whether ``s`` (after ``pending``) may be cut before index ``i``: nothing after
+        the cut can change what comes before it."""
+        if i == len(s) and final:
+            return True
+        if self.form.crlf_as_lf and (s[i - 1] if i else self.pending[-1:]) == "\r":
+            return False  # a "\r" waits for a possible "\n"
+        if not self.form.nfc:
+            return True
+        return i < len(s) and stable_start(s[i])  # the next chunk's first character is not known yet
+
+    def feed(self, text: str, final: bool = False) -> Iterator[str]:
+        """The text that is final once ``text`` is read, in pieces; on ``final`` everything left."""
+        form = self.form
+        if not (form.nfc or form.crlf_as_lf):
+            if text:
+                yield text
+            return
+        n, start = len(text), 0
+        if self.pending:  # the held-back tail, completed up to the first cut in ``text``
+            first = next((i for i in range(n + 1) if self._cut(text, i, final)), None)
+            if first is None:
+                self.pending += text
+                return
+            head, self.pending, start = form.apply(self.pending + text[:first]), "", first
+            if head:
+                yield head
+        end = next((i for i in range(n, start, -1) if self._cut(text, i, final)), start)
+        self.pending = text[end:]
+        while start < end:  # pieces cut where they may be, each at most piece_chars unless no cut is nearer
+            stop = end
+            if end - start > self.piece_chars:
+                limit = start + self.piece_chars
+                stop = next((i for i in range(limit, start, -1) if self._cut(text, i, final)), 0) or next(
+                    i for i in range(limit, end + 1) if self._cut(text, i, final) or i == end
+                )
+            yield form.apply(text[start:stop])
+            start = stop
+
+
+def clean_chunks(chunks: Iterable[str], form: TextForm) -> Iterator[str]:
+    """``chunks`` in ``form``, piece by piece (the same text as ``form.apply`` on their concatenation)."""
+    cleaner = Cleaner(form)
+    for chunk in chunks:
+        yield from cleaner.feed(chunk)
+    yield from cleaner.feed("", final=True)
 
 
 def _progress_bar(stream: BinaryIO, desc: str):
@@ -150,11 +367,12 @@ def iter_text(
     encoding: str = "utf-8",
     errors: str = "strict",
     *,
+    form: TextForm = RAW,
     digest=None,
     chunk_bytes: int | None = None,
     progress: str | None = None,
 ) -> Iterator[str]:
-    """Decoded text of a file (a Path) or a binary stream, ``chunk_bytes`` at a time.
+    """Decoded text of a file (a Path) or a binary stream in ``form``, ``chunk_bytes`` at a time.
 
     Refuses, with a CorpusError naming the problem and its byte offset, what
     cannot be a corpus: a missing file or a directory, an empty file, a known
@@ -171,7 +389,8 @@ def iter_text(
         stream = open_text_file(source, label)
     else:
         label, stream = label or "standard input", source
-    decoder = ChunkDecoder(info, encoding, errors, label)
+    decoder = ChunkDecoder(info, encoding, errors, label, read_more=stream.read)
+    cleaner = Cleaner(form)
     bar = None
     try:
         bar = None if progress is None else _progress_bar(stream, progress)
@@ -189,9 +408,8 @@ def iter_text(
             text = decoder.decode(raw, final)
             if bar is not None:
                 bar.update(len(raw))
-            if text:
-                has_text = has_text or not text.isspace()
-                yield text
+            has_text = has_text or (bool(text) and not text.isspace())
+            yield from cleaner.feed(text, final)
             if final:
                 break
         if not has_text:
@@ -203,12 +421,12 @@ def iter_text(
             stream.close()
 
 
-def read_text(path: Path, encoding: str = "utf-8", errors: str = "strict") -> str:
+def read_text(path: Path, encoding: str = "utf-8", errors: str = "strict", form: TextForm = RAW) -> str:
     """Read a whole text file into memory (for short texts), with the checks of ``iter_text``."""
     path = Path(path)
-    return "".join(iter_text(path, "-" if str(path) == "-" else str(path), encoding, errors))
+    return "".join(iter_text(path, "-" if str(path) == "-" else str(path), encoding, errors, form=form))
 
 
-def decode_bytes(raw: bytes, label: str, encoding: str = "utf-8", errors: str = "strict") -> str:
+def decode_bytes(raw: bytes, label: str, encoding: str = "utf-8", errors: str = "strict", form: TextForm = RAW) -> str:
     """Decode bytes already in memory, with the checks of ``iter_text``."""
-    return "".join(iter_text(io.BytesIO(raw), label, encoding, errors))
+    return "".join(iter_text(io.BytesIO(raw), label, encoding, errors, form=form))

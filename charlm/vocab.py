@@ -10,6 +10,7 @@ them from the stream (``unknown="skip"``) and reports how many it dropped.
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -42,10 +43,21 @@ def code_point_blocks(text: str) -> Iterator[np.ndarray]:
 
 
 def describe_char(ch: str) -> str:
-    """A readable name for a character in messages: 'x', '\\n' or U+00A0."""
-    if ch.isprintable() and not ch.isspace():
-        return repr(ch)
-    return f"U+{ord(ch):04X}" if ch not in "\n\t\r " else repr(ch)
+    """A character named for messages, with its code point: 'x' U+0078, '\\r' U+000D;
+    a mark or an invisible character by its Unicode name instead of alone:
+    U+0308 COMBINING DIAERESIS, U+00A0 NO-BREAK SPACE."""
+    code = f"U+{ord(ch):04X}"
+    visible = ch.isprintable() and not ch.isspace() and not unicodedata.category(ch).startswith("M")
+    if visible or ch in "\n\t\r ":
+        return f"{ch!r} {code}"
+    name = unicodedata.name(ch, "")
+    return f"{code} {name}" if name else f"{ch!r} {code}"
+
+
+def describe_counts(counts: Counter, limit: int = 5) -> str:
+    """Characters with their counts, most frequent first: '\\r' U+000D ×782, 'é' U+00E9 ×3 and 2 more."""
+    listed = ", ".join(f"{describe_char(c)} ×{n:,}" for c, n in counts.most_common(limit))
+    return listed + (f" and {len(counts) - limit} more" if len(counts) > limit else "")
 
 
 def _valid_code_point(c: object) -> bool:

@@ -275,7 +275,7 @@ def test_resume_errors_advise_the_flags(tmp_path, small_corpus, tiny_checkpoint)
     r = runner.invoke(app, ["train", str(small_corpus), "--resume", str(tiny_checkpoint)])
     assert r.exit_code == 1 and one_error_line(r).endswith("Start a new run (without --resume).")
     r = runner.invoke(app, ["train", str(small_corpus), "--resume", str(tmp_path / "nowhere")])
-    assert r.exit_code == 1 and one_error_line(r).endswith("Give a folder under runs/ to --resume.")
+    assert r.exit_code == 1 and one_error_line(r).endswith("Give a folder under runs/ (or a run's name) to --resume.")
     r = runner.invoke(app, ["train", str(small_corpus), "--resume", "--out", str(tmp_path / "empty")])
     assert r.exit_code == 1 and "(--resume runs/NAME) or --out FOLDER" in one_error_line(r)
     assert train_tiny(tmp_path, small_corpus).exit_code == 0

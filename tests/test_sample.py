@@ -510,7 +510,9 @@ def test_model_alias(tiny_checkpoint, monkeypatch):
     assert shipped.exit_code == 0 and shipped.stdout == by_path.stdout
 
 
-def test_sample_with_no_runs_falls_back_to_the_shipped_shakespeare_model(tiny_checkpoint, tmp_path, monkeypatch):
+def test_with_no_runs_sample_score_and_perplexity_fall_back_to_the_shipped_shakespeare_model(
+    tiny_checkpoint, tmp_path, monkeypatch
+):
     import charlm.corpora
 
     monkeypatch.chdir(tmp_path)  # no ./runs here
@@ -521,9 +523,14 @@ def test_sample_with_no_runs_falls_back_to_the_shipped_shakespeare_model(tiny_ch
     assert r.exit_code == 0, r.output
     assert r.stdout == sample_cli(tiny_checkpoint, "-n", "40", "--seed", "3").stdout
     assert "no trained model under ./runs; using the shipped shakespeare model" in r.stderr
-    # Scoring never guesses a model: with no run it asks for one.
-    scored = runner.invoke(app, ["score", "hello"])
-    assert scored.exit_code == 1 and "train one first" in scored.stderr
+    # score and perplexity fall back alike, and say so.
+    scored = runner.invoke(app, ["score", "hello", "--json"])
+    assert scored.exit_code == 0, scored.output
+    assert "no trained model under ./runs; using the shipped shakespeare model" in scored.stderr
+    (tmp_path / "t.txt").write_text("All:\nSpeak, speak.\n", encoding="utf-8")
+    measured = runner.invoke(app, ["perplexity", "t.txt"])
+    assert measured.exit_code == 0 and "nats/char" in measured.stdout
+    assert "no trained model under ./runs; using the shipped shakespeare model" in measured.stderr
     # Without a shipped model either, sample says to train first.
     monkeypatch.setattr(charlm.corpora, "shipped_model", lambda name: None)
     none = runner.invoke(app, ["sample", "-n", "5"])

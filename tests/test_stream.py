@@ -152,7 +152,7 @@ def test_large_corpus_goes_through_the_memmap_cache(mixed_file, cache, monkeypat
     assert isinstance(c.ids, np.memmap) and not c.ids.flags.writeable
     assert np.array_equal(c.train_ids, train) and np.array_equal(c.val_ids, val)
     sha = hashlib.sha256(mixed_file.read_bytes()).hexdigest()
-    assert c.cache == cache / f"{sha}-utf-8-strict.u16"
+    assert c.cache == cache / f"{sha}-utf-8-strict-nfc-lf.u16"
     assert [p.name for p in cache.iterdir()] == [c.cache.name]  # no temporary file left
     assert re.match(r"encoding [\d,]+ characters to .*reused by later runs", notices[0])
     stamp = c.cache.stat().st_mtime_ns

@@ -56,8 +56,14 @@ WORDING: dict[str, str] = {
     "or pass --encoding NAME or --errors replace.",
     "codec_refused": "{label}: cannot be read as {encoding} ({reason}). Pass another --encoding "
     "(UTF-16 without a byte-order mark: utf-16-le or utf-16-be).",
+    "binary_data": "{label}: binary data, not text (byte 0x{byte:02x} at byte offset {offset} is not valid {encoding}, "
+    "and NUL bytes are near it). Give a plain text file.",
+    "other_encoding": "{label}: not valid {encoding} at byte offset {offset}; it looks like {guess} text. "
+    "Pass --encoding {guess}.",
+    "other_encoding_nul": "{label}: contains a NUL byte at byte offset {offset}; it looks like {guess} text. "
+    "Pass --encoding {guess}.",
     "nul_byte": "{label}: contains a NUL byte at byte offset {offset}, so it is binary data, not text. Give a plain "
-    "text file (or --encoding utf-16, utf-16-le or utf-16-be if it is UTF-16 text).",
+    "text file.",
     "unknown_chars": "{count} character(s) not in the model's vocabulary: {listed}. "
     "Remove them, or use --unknown skip to drop them.",
     "model_not_shipped": "no pretrained {name!r} model is shipped yet. Train one with 'charlm train {name}', "
@@ -76,9 +82,12 @@ WORDING: dict[str, str] = {
     "Free some space or choose another --out folder.",
     "no_run_to_resume": "no run under {runs} to resume. Give the run folder (--resume runs/NAME) or --out FOLDER, "
     "or start a new run without --resume.",
-    "no_such_run": "{target}: no such run folder or checkpoint. Give a folder under runs/ to --resume.",
+    "no_such_run": "{target}: no such run folder, run or checkpoint. Give a folder under runs/ (or a run's "
+    "name) to --resume.{hint}",
     "weights_only": "{path}: holds weights only, without the training state, so it cannot be resumed. "
     "Start a new run (without --resume).",
+    "form_on_resume": "{flag}: this run read its text {how}, and a resumed run reads it the same way. Drop {flag}, "
+    "or start a new run without --resume.",
     "fixed_on_resume": "{flag} {given} differs from this run's {stored}: a resumed run keeps its model and data "
     "settings. Drop {flag}, or start a new run without --resume.",
     "resume_steps": "--steps {steps} is not more than the {done:,} steps this run has taken; on resume --steps "
@@ -110,6 +119,8 @@ def cli_message(e: CharlmError) -> str:
         details = dict(e.details)
         if "setting" in details:
             details["flag"] = flag(str(details["setting"]))
+            if details.get("given") is False:  # a switch turned off: --normalize → --no-normalize
+                details["flag"] = "--no-" + details["flag"][2:]
         return WORDING[kind].format(**details)
     return str(e)
 
@@ -137,38 +148,44 @@ def user_errors(fn):
 
 
 MODEL_HELP = (
-    "A shipped pretrained model, shakespeare or news, or a checkpoint file or run folder "
-    "(then the same as --checkpoint)."
+    "The model: a checkpoint file, a run folder, a shipped model (shakespeare or news, any case) or the name of "
+    "a run under ./runs, tried in that order. Default: the newest run under ./runs, else the shipped shakespeare model."
 )
-CHECKPOINT_HELP = "Checkpoint file or run folder. Default: the best checkpoint of the newest run under ./runs"
-# The two ways every model-reading command is told which model to read.
-CheckpointOption = Annotated[Path | None, typer.Option("--checkpoint", "-c", help=CHECKPOINT_HELP + ".")]
+# The two ways every model-reading command is told which model to read; both are resolved alike.
+CheckpointOption = Annotated[
+    Path | None, typer.Option("--checkpoint", "-c", metavar="PATH|NAME", help="The same as --model.")
+]
 ModelOption = Annotated[str | None, typer.Option("--model", "-m", metavar="NAME|PATH", help=MODEL_HELP)]
+FALLBACK_MODEL = "shakespeare"  # the shipped model used when no model is given and there is no run
 
 
-def checkpoint_path(checkpoint: Path | None, model: str | None = None, *, fallback: str | None = None) -> Path:
-    """--checkpoint or --model, else the newest run's best checkpoint, else (with
-    ``fallback``) that shipped pretrained model, said on stderr."""
-    from charlm.corpora import resolve_model, shipped_model
-    from charlm.runs import checkpoint_in, newest_checkpoint
+def checkpoint_path(checkpoint: Path | None, model: str | None = None) -> Path:
+    """The checkpoint a command reads: --checkpoint or --model (see ``runs.find_model``),
+    else the newest run's best checkpoint, else the shipped FALLBACK_MODEL; the last
+    two are said on stderr."""
+    from charlm import corpora
+    from charlm.runs import find_model, newest_checkpoint
 
     if checkpoint is not None and model is not None:
         raise UsageError("give --checkpoint or --model, not both.")
-    if model is not None:
-        checkpoint = resolve_model(model)
-    if checkpoint is not None:
-        return checkpoint_in(checkpoint)
-    found = newest_checkpoint()
-    if found is None and fallback is not None and (shipped := shipped_model(fallback)) is not None:
-        err.print(f"no trained model under ./runs; using the shipped {fallback} model ({shipped})", markup=False)
-        return shipped
-    if found is None:
+    given = model if model is not None else None if checkpoint is None else str(checkpoint)
+    if given is not None:
+        found = find_model(given)
+        if found.note:
+            notice(f"note: {found.note}")
+        return found.path
+    newest = newest_checkpoint()
+    if newest is not None:
+        err.print(f"using {newest}", markup=False)
+        return newest
+    shipped = corpora.shipped_model(FALLBACK_MODEL)
+    if shipped is None:
         raise CharlmError(
             "no trained model under ./runs. Use a shipped one (-m shakespeare or -m news), "
             "or train one first: charlm train shakespeare"
         )
-    err.print(f"using {found}")
-    return found
+    err.print(f"no trained model under ./runs; using the shipped {FALLBACK_MODEL} model ({shipped})", markup=False)
+    return shipped
 
 
 def check_threads(threads: int, batch_size: int) -> None:

@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 
 from charlm.cli.common import (
-    CHECKPOINT_HELP,
     CheckpointOption,
     ModelOption,
     app,
@@ -29,14 +28,7 @@ from charlm.errors import CharlmError, UsageError
 @app.command()
 @user_errors
 def sample(
-    checkpoint: Annotated[
-        Path | None,
-        typer.Option(
-            "--checkpoint",
-            "-c",
-            help=CHECKPOINT_HELP + ", or with no runs the shipped Shakespeare model.",
-        ),
-    ] = None,
+    checkpoint: CheckpointOption = None,
     model_name: ModelOption = None,
     length: Annotated[
         int, typer.Option("--length", "-n", help="Characters to generate per sample, not counting the prime; ≥ 0.")
@@ -112,8 +104,11 @@ def sample(
     from what is left. Only the text goes to stdout (notices go to stderr), so
     'charlm sample > out.txt' gives exactly the text.
     """
+    from dataclasses import replace
+
     from charlm.checkpoint import load
     from charlm.config import SampleConfig
+    from charlm.corpus import text_form
     from charlm.sample import Sampler
 
     config = SampleConfig(
@@ -127,7 +122,11 @@ def sample(
         unknown=unknown,
     ).check()
     prime, label = _prime_text(prime, prime_file)
-    ckpt = load(checkpoint_path(checkpoint, model_name, fallback="shakespeare"))
+    ckpt = load(checkpoint_path(checkpoint, model_name))
+    form = text_form(ckpt.corpus)  # the prime is read as the model's training text was
+    prime = form.apply(prime)
+    if config.stop is not None:
+        config = replace(config, stop=form.apply(config.stop))
     ids, prime = _encode_prime(ckpt.vocab, prime, label, config.unknown)
     if config.stop is not None and any(ch not in ckpt.vocab for ch in config.stop):
         missing = {ch: 1 for ch in config.stop if ch not in ckpt.vocab}
@@ -256,31 +255,51 @@ def perplexity(
 ) -> None:
     """How well the model predicts a text: nats/char, bits/char and perplexity.
 
-    Characters the model has never seen are left out (neither scored nor fed to
-    the model); their count is reported. Colour is off when NO_COLOR is set or
-    stdout is not a terminal; the span list is printed either way.
+    The text is read as the model's training text was (NFC-normalized, \\r\\n as
+    \\n, when its checkpoint says so). Characters the model has never seen are left
+    out (neither scored nor fed to the model); their count is reported, and they are
+    listed on stderr. Colour is off when NO_COLOR is set or stdout is not a terminal;
+    the span list is printed either way.
     """
     from charlm.checkpoint import load
     from charlm.corpora import resolve
+    from charlm.corpus import text_form
     from charlm.data import encode_stream
     from charlm.evaluate import SpanConfig, score_ids
     from charlm.text import iter_text
 
     listed = SpanConfig(spans=spans, span_width=span_width).check()
     ckpt = load(checkpoint_path(checkpoint, model_name))
+    form = text_form(ckpt.corpus)
     source, label = (sys.stdin.buffer, "standard input") if file == "-" else (resolve(file)[0], file)
     if show:  # the heat map needs the text itself
-        text = "".join(iter_text(source, label, encoding, errors))
+        text = "".join(iter_text(source, label, encoding, errors, form=form))
         enc = ckpt.vocab.encode(text, unknown="skip")
     else:  # streamed, never held as a string; a long text is spooled to a temporary file
-        enc = encode_stream(source, ckpt.vocab, label, encoding, errors, progress=sys.stderr.isatty())
+        enc = encode_stream(source, ckpt.vocab, label, encoding, errors, form=form, progress=sys.stderr.isatty())
     if len(enc.ids) < 2:
-        raise CharlmError("the text has fewer than two characters the model knows; nothing to score.")
+        from charlm.vocab import describe_counts
+
+        skipped = f" (it has {describe_counts(enc.unknown)})" if enc.unknown else ""
+        raise CharlmError(f"the text has fewer than two characters the model knows{skipped}; nothing to score.")
+    _say_skipped(enc.unknown)
     if show:
         result = _show_surprisal(ckpt, text, listed)
     else:
         result = score_ids(ckpt.build_model(), enc.ids, unknown=enc.unknown_count)
     _print_score(result)
+
+
+def _say_skipped(unknown) -> None:
+    """One line on stderr naming the characters left out, with their counts, most frequent first."""
+    from charlm.vocab import describe_counts
+
+    if unknown:
+        err.print(
+            f"notice: skipped {sum(unknown.values()):,} character(s) the model has never seen: "
+            f"{describe_counts(unknown)}",
+            markup=False,
+        )
 
 
 def _show_surprisal(ckpt, text: str, listed):
@@ -353,23 +372,24 @@ def score(
     of ten. The seeds' speech-recognition example:
     charlm score "The apple and pear salad." "The apple and pair salad."
     """
+    from collections import Counter
+
     from charlm.checkpoint import load
     from charlm.config import check_unknown_policy
+    from charlm.corpus import text_form
     from charlm.evaluate import UnknownCharacters, score_sentences
     from charlm.report import score_json, score_table
 
     check_unknown_policy(unknown)
     texts = _sentences(sentences or [], file)
     ckpt = load(checkpoint_path(checkpoint, model_name))
+    texts = [text_form(ckpt.corpus).apply(t) for t in texts]  # read as the model's training text was
     try:
         scores = score_sentences(ckpt.build_model(), ckpt.vocab, texts, unknown=unknown)
     except UnknownCharacters as e:
         raise CharlmError(f"{e.what}. Remove them, or use --unknown skip to drop them.") from None
-    skipped = sum(s.unknown for s in scores)
-    if skipped:
-        err.print(
-            f"notice: left out {skipped} character(s) the model has never seen (neither scored nor fed).", markup=False
-        )
+    if any(s.unknown for s in scores):
+        _say_skipped(sum((ckpt.vocab.encode(t, unknown="skip").unknown for t in texts), Counter()))
     order = sorted(range(len(scores)), key=lambda i: scores[i].nats)
     ranked = [scores[i] for i in order]
     if as_json:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from charlm.cli.common import app, check_threads, err, out, user_errors
-from charlm.errors import CharlmError, UsageError
+from charlm.errors import UsageError
 
 # --------------------------------------------------------------------------- #
 # corpora
@@ -53,24 +53,28 @@ def info(
     target: Annotated[
         str,
         typer.Argument(
-            help="A checkpoint file, a run folder (its best checkpoint) or a shipped model name (shakespeare, news).",
+            help="A checkpoint file, a run folder (its best checkpoint), a shipped model (shakespeare, news) "
+            "or a run's name under ./runs.",
             show_default=False,
         ),
     ],
 ) -> None:
     """Show a checkpoint's model, training and validation-loss curve (reads the header only)."""
-    from charlm.corpora import resolve_model
     from charlm.report import info_table
-    from charlm.runs import describe
+    from charlm.runs import describe, find_model
 
-    out.print(info_table(describe(resolve_model(target))))
+    out.print(info_table(describe(find_model(target).path)))
 
 
 @app.command()
 @user_errors
 def export(
     source: Annotated[
-        Path, typer.Argument(help="A checkpoint file or a run folder (its best checkpoint).", show_default=False)
+        str,
+        typer.Argument(
+            help="A checkpoint file, a run folder (its best checkpoint), a shipped model or a run's name, as for info.",
+            show_default=False,
+        ),
     ],
     destination: Annotated[Path, typer.Argument(help="The .safetensors file to write.", show_default=False)],
     half: Annotated[
@@ -80,13 +84,13 @@ def export(
 ) -> None:
     """Write a model file for sharing: weights, config, vocabulary and training history only."""
     from charlm.checkpoint import export as export_checkpoint
-    from charlm.runs import checkpoint_in
+    from charlm.runs import find_model
 
     if destination.exists() and not force:
         raise UsageError(f"{destination} exists; choose another name or pass --force to replace it.")
     if not destination.parent.is_dir():
         raise UsageError(f"{destination.parent}: no such folder.")
-    export_checkpoint(checkpoint_in(source), destination, half=half)
+    export_checkpoint(find_model(source).path, destination, half=half)
     out.print(f"wrote {destination} ({destination.stat().st_size / 1e6:.1f} MB)")
 
 
@@ -100,8 +104,9 @@ def runs(
     from charlm.runs import describe_runs
 
     found = describe_runs(out_dir)
-    if not found:
-        raise CharlmError(f"no runs with a checkpoint under {out_dir}. Train one: charlm train shakespeare")
+    if not found:  # nothing to list is not an error
+        err.print(f"no runs with a checkpoint under {out_dir} yet. Train one: charlm train shakespeare", markup=False)
+        return
     out.print(runs_table(found))
 
 

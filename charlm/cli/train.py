@@ -115,6 +115,23 @@ def train(
     errors: Annotated[
         str, typer.Option(help="What to do with undecodable bytes: strict (stop with an error) or replace.")
     ] = "strict",
+    normalize: Annotated[
+        bool,
+        typer.Option(
+            "--normalize/--no-normalize",
+            help="NFC-normalize the text as it is read (a decomposed o + U+0308 becomes ö), so one letter is one "
+            "character however it was typed; --no-normalize keeps it as it is. Recorded in the checkpoint: "
+            "sample, score and perplexity read their text the same way.",
+        ),
+    ] = True,
+    keep_cr: Annotated[
+        bool,
+        typer.Option(
+            "--keep-cr",
+            help="Keep \\r\\n (Windows line ends) as two characters; by default \\r\\n is read as \\n. "
+            "Recorded in the checkpoint like --normalize.",
+        ),
+    ] = False,
     resume: Annotated[
         str | None,
         typer.Option(
@@ -151,6 +168,8 @@ def train(
         threads=threads,
         encoding=encoding,
         errors=errors,
+        normalize=normalize,
+        keep_cr=keep_cr,
     )
     path, stem = resolve(corpus)
     if resume is not None:
