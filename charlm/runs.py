@@ -113,9 +113,8 @@ def find_model(name: str, runs: Path = DEFAULT_RUNS) -> FoundModel:
                 kind="model_not_shipped",
                 name=key,
             )
-        note = None
-        if (runs / name).is_dir():
-            note = f"{name}: the shipped model; for your run of that name give its folder, {runs / name}"
+        run = next((runs / n for n in (name, key) if (runs / n).is_dir()), None)
+        note = None if run is None else f"{name}: the shipped model; for your run of that name give its folder, {run}"
         return FoundModel(found, "shipped", note)
     if len(path.parts) == 1 and (runs / name).is_dir():
         return FoundModel(checkpoint_in(runs / name), "run")
