@@ -298,3 +298,35 @@ def test_span_config_check_names_the_setting(settings, field):
         SpanConfig(**settings).check()
     assert e.value.setting == field and "--" not in str(e.value)
     assert SpanConfig(spans=0, span_width=1).check() == SpanConfig(0, 1)
+
+
+def test_the_readmes_pear_and_pair_figures_are_what_the_shipped_models_give():
+    """README's score section quotes ln P of the notes' two sentences under each
+    shipped model; they are what `charlm score -m NAME --json` prints."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `-m (\w+)` \| −([\d.]+) \| −([\d.]+) \| \*(\w+)\*, by ([\d.]+) nats \|$", readme, re.M)
+    assert {r[0] for r in rows} == {"news", "shakespeare"}, rows
+    pear, pair = "The apple and pear salad.", "The apple and pair salad."
+    for name, pear_nats, pair_nats, winner, margin in rows:
+        r = runner.invoke(app, ["score", "-m", name, "--json", pear, pair])
+        assert r.exit_code == 0, r.output
+        got = {s["sentence"]: s["log_prob_nats"] for s in json.loads(r.stdout)}
+        assert (f"{-got[pear]:.2f}", f"{-got[pair]:.2f}") == (pear_nats, pair_nats)
+        assert winner == ("pear" if got[pear] > got[pair] else "pair")
+        assert f"{abs(got[pear] - got[pair]):.2f}" == margin
+
+
+def test_the_readmes_word_counts_of_the_corpora():
+    """Why the news model prefers pair: its corpus has pair and pairs twice each, pear never."""
+    import re
+
+    from charlm.corpora import corpus_dir
+
+    def count(name: str, word: str) -> int:
+        return len(re.findall(rf"\b{word}\b", (corpus_dir() / f"{name}.txt").read_text(encoding="utf-8"), re.I))
+
+    assert [count("news", w) for w in ("pair", "pairs", "pear", "pears")] == [2, 2, 0, 0]
+    assert [count("shakespeare", w) for w in ("pair", "pear")] == [14, 1]

@@ -370,7 +370,9 @@ def score(
     the sentence is scored, ln P(sentence) = Σ ln P(next character | the ones
     before). The table gives ln P in nats, nats/char, bits/char and P as a power
     of ten. The seeds' speech-recognition example:
-    charlm score "The apple and pear salad." "The apple and pair salad."
+    charlm score -m news "The apple and pear salad." "The apple and pair salad."
+    A model knows only its corpus: the news corpus has pair and never pear, so
+    the news model prefers pair.
     """
     from collections import Counter
 
