@@ -120,6 +120,7 @@ def test_script_names_a_run_by_its_name_everywhere(tmp_path):
     assert run_cli("export", "Shakespeare", "x.safetensors", cwd=tmp_path).returncode == 0
 
 
+@pytest.mark.slow
 def test_script_lists_skipped_characters_and_reads_text_in_the_models_form(tmp_path, tiny_checkpoint):
     """CRLF text: a model that records no form (older checkpoints) skips the \\r and
     says which characters it skipped; the shipped model reads \\r\\n as \\n."""

@@ -46,7 +46,7 @@ def cleaned_in_chunks(text: str, cuts: list[float], form: TextForm, piece: int) 
     return out + list(cleaner.feed("", final=True))
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(text=TEXT, cuts=CUTS, form=st.sampled_from(FORMS), piece=st.integers(1, 9))
 @example(text="a\r\nb", cuts=[0.5], form=CLEAN, piece=9)  # \r | \n
 @example(text="ae\u0301b", cuts=[0.5], form=CLEAN, piece=9)  # e | combining acute
