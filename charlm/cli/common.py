@@ -180,3 +180,17 @@ def check_threads(threads: int, batch_size: int) -> None:
             f"--threads {threads} is more than --batch-size {batch_size}: each block needs a row of its own. "
             "Give at most the batch size, or 0 for one block per core."
         )
+
+
+def warn_threads_over_cores(threads: int) -> None:
+    """--threads above the core count runs as asked (the blocks, and so the results, are
+    those of that value) but the blocks then share cores: say so once, on stderr."""
+    import os
+
+    cores = os.cpu_count() or 1
+    if threads > cores:
+        notice(
+            f"warning: --threads {threads} is more than the {cores} CPU cores here: {threads} row blocks "
+            f"({threads - 1} worker processes) share them, slower than --threads {cores}; the results are "
+            f"those of --threads {threads} on any machine."
+        )

@@ -12,3 +12,11 @@ class StdoutConsole(Console):
     def on_broken_pipe(self) -> None:
         self.quiet = True
         raise BrokenPipeError
+
+
+def print_json(value) -> None:
+    """``value`` as indented JSON on stdout, non-ASCII characters as they are."""
+    import json
+    import sys
+
+    sys.stdout.write(json.dumps(value, ensure_ascii=False, indent=2) + "\n")
