@@ -14,7 +14,7 @@ import typer
 from typer.testing import CliRunner
 
 import charlm
-from charlm.cli import app
+from charlm.cli import app, run
 from tests.test_cli import console_script
 
 runner = CliRunner()
@@ -68,10 +68,10 @@ def test_usage_lines_metavars_and_flags(tmp_path):
     assert re.search(r"^  --train / --no-train +Measure training throughput\.  \[default:", bench, re.M)
 
 
-def test_a_missing_argument_is_named_as_in_the_help(tmp_path):
-    r = subprocess.run([console_script(), "export"], capture_output=True, text=True, cwd=tmp_path)
-    assert r.returncode == 2 and r.stdout == ""
-    assert r.stderr == "error: Missing argument 'SOURCE'. (see 'charlm export --help')\n"
+def test_a_missing_argument_is_named_as_in_the_help(capsys):
+    assert run(["export"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == "error: Missing argument 'SOURCE'. (see 'charlm export --help')\n"
 
 
 def test_version(tmp_path):

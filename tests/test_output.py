@@ -210,10 +210,10 @@ def reader_gone(args, cwd) -> subprocess.CompletedProcess:
 
 CLOSED_PIPE = [
     ["sample", "-c", "runs/small", "--length", "100000"],
-    ["corpora"],
     *[
         pytest.param(args, marks=pytest.mark.slow)
         for args in (
+            ["corpora"],
             ["--help"],
             ["--version"],
             ["runs"],

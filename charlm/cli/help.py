@@ -86,7 +86,7 @@ def _usage_pieces(command, ctx) -> list[str]:
     return pieces
 
 
-def _option_row(param, ctx, kind: type | None, info) -> tuple[str, str]:
+def _option_row(param, kind: type | None, info) -> tuple[str, str]:
     """('--hidden INTEGER', 'Hidden units per layer (H).  [default: 256; 1<=x<=8192]')."""
     flag = _is_flag(param, kind)
     term = ", ".join(param.opts)
@@ -141,9 +141,7 @@ class HelpMixin:
             for p in params
             if p.param_type_name == "argument"
         ]
-        options = [
-            _option_row(p, ctx, *declared.get(p.name, (None, None))) for p in params if p.param_type_name == "option"
-        ]
+        options = [_option_row(p, *declared.get(p.name, (None, None))) for p in params if p.param_type_name == "option"]
         for title, rows in (("Arguments", arguments), ("Options", options)):
             if rows:
                 with formatter.section(title):
