@@ -12,7 +12,7 @@ achieves. (The element-wise gate maths is not counted, so the fraction is a
 lower bound on utilisation.) Training with K row blocks runs K processes of one
 BLAS thread each, so its peak is the matmul's with min(K, cores) threads (one
 block: the process's own thread count); sampling runs on one thread. The peak is
-the best of many products, measured before and after the timed windows: other
+the best of ten products, five before the timed windows and five after: other
 work on the machine only ever slows a product down, and a peak measured low
 would put the fraction above 1.
 """
@@ -67,7 +67,7 @@ class BenchConfig:
         }
 
 
-def gemm_gflops(threads: int | None = None, n: int = 1024, repeats: int = 10) -> float:
+def gemm_gflops(threads: int | None = None, n: int = 1024, repeats: int = 5) -> float:
     """Best float32 rate of an (n × n) @ (n × n) NumPy matmul over ``repeats`` runs,
     in GFLOP/s, with at most ``threads`` BLAS threads (None: as the process has them)."""
     rng = np.random.default_rng(0)
