@@ -1,9 +1,15 @@
-"""Rich renderables for the CLI's results: sentence scores and surprisal heat maps.
+"""Rich renderables for the CLI's results: tables, sentence scores, surprisal heat maps,
+and the JSON objects of ``--json``.
 
-Formatting only; the numbers come from ``charlm.evaluate``. Colour is decided by
-the console that prints these: none when NO_COLOR is set or the output is not
-a terminal (bold and reverse video still mark the two highest surprisal bins
+Formatting only; the numbers come from ``charlm.evaluate`` and ``charlm.runs``. Colour
+is decided by the console that prints these: none when NO_COLOR is set or the output
+is not a terminal (bold and reverse video still mark the two highest surprisal bins
 under NO_COLOR on a terminal).
+
+A table never cuts a value or a header. On a terminal it is aligned columns two
+spaces apart under a bold header, the last column unpadded; a line wider than the
+terminal is left for the terminal to wrap. Anywhere else (a pipe, a file) it is
+tab-separated values, the header first, one line per row and no title.
 """
 
 from __future__ import annotations
@@ -11,10 +17,13 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
+from dataclasses import asdict
 
 import numpy as np
-from rich.table import Table
+from rich.cells import cell_len
+from rich.segment import Segment
+from rich.style import Style
 from rich.text import Text
 
 from charlm.evaluate import SentenceScore, Span
@@ -51,42 +60,104 @@ def _num(x: float, digits: int) -> str:
     return f"{x:.{digits}f}" if math.isfinite(x) else "–"
 
 
-def score_table(ranked: Sequence[SentenceScore]) -> Table:
-    """Sentences, most likely first, with ln P, nats/char, bits/char and P."""
-    table = Table(title="Sentences, most likely first", title_justify="left")
-    table.add_column("rank", justify="right")
-    table.add_column("sentence", justify="left", overflow="fold")
-    table.add_column("log P (nats)", justify="right")
-    table.add_column("nats/char", justify="right")
-    table.add_column("bits/char", justify="right")
-    table.add_column("P", justify="right")
-    for rank, s in enumerate(ranked, 1):
-        table.add_row(
-            str(rank),
-            Text(s.text),
+def _finite(x: float) -> float | None:
+    """x, or None (JSON null) for inf and nan, which JSON cannot write."""
+    return x if math.isfinite(x) else None
+
+
+def _one_line(value: object) -> str:
+    """A table cell: tabs and line breaks become spaces (they would split a TSV row)."""
+    return " ".join(str(value).replace("\t", " ").splitlines())
+
+
+class PlainTable:
+    """Rows under a header that never cut a value: aligned on a terminal, tab-separated
+    elsewhere (see the module docstring). Columns in ``right`` are right-aligned."""
+
+    def __init__(
+        self,
+        header: Sequence[str],
+        rows: Sequence[Sequence[object]],
+        right: Container[int] = (),
+        title: str | None = None,
+    ) -> None:
+        self.header = [_one_line(h) for h in header]
+        self.rows = [[_one_line(v) for v in row] for row in rows]
+        self.right, self.title = right, title
+
+    def tsv(self) -> str:
+        return "".join("\t".join(row) + "\n" for row in [self.header, *self.rows])
+
+    def aligned(self) -> list[str]:
+        """The header and the rows as lines, columns two spaces apart, no trailing spaces."""
+        widths = [max(cell_len(row[i]) for row in [self.header, *self.rows]) for i in range(len(self.header))]
+        lines = []
+        for row in [self.header, *self.rows]:
+            cells = [
+                " " * (w - cell_len(v)) + v if i in self.right else v + " " * (w - cell_len(v))
+                for i, (v, w) in enumerate(zip(row, widths, strict=True))
+            ]
+            lines.append("  ".join(cells).rstrip())
+        return lines
+
+    def __rich_console__(self, console, options):
+        # Segments are written as they are: rich neither wraps, crops nor expands tabs in them.
+        if not console.is_terminal:
+            yield Segment(self.tsv())
+            return
+        bold = Style(bold=True)
+        head, *body = self.aligned()
+        for text, style in [(self.title, bold)] * bool(self.title) + [(head, bold)] + [(line, None) for line in body]:
+            yield Segment(text, style)
+            yield Segment.line()
+
+
+class Fields:
+    """``name  value`` lines, the values aligned, the names bold on a terminal; nothing cut,
+    no trailing spaces, on a terminal or not."""
+
+    def __init__(self, fields: Sequence[tuple[str, object]]) -> None:
+        self.fields = [(name, _one_line(value)) for name, value in fields]
+
+    def __rich_console__(self, console, options):
+        width = max((cell_len(name) for name, _ in self.fields), default=0)
+        bold = Style(bold=True) if console.is_terminal else None
+        for name, value in self.fields:
+            yield Segment(name, bold)
+            yield Segment((" " * (width - cell_len(name) + 2) + value).rstrip())
+            yield Segment.line()
+
+
+def score_table(ranked: Sequence[SentenceScore]) -> PlainTable:
+    """Sentences, most likely first, with ln P, nats/char, bits/char and P; the
+    sentence last, so that a long one is never squeezed into a narrow column."""
+    rows = [
+        (
+            rank,
             _num(s.log_prob, 2),
             _num(s.nats_per_char, 3),
             _num(s.bits_per_char, 3),
             power_of_ten(s.log10_prob),
+            s.text,
         )
-    return table
+        for rank, s in enumerate(ranked, 1)
+    ]
+    header = ("rank", "log P (nats)", "nats/char", "bits/char", "P", "sentence")
+    return PlainTable(header, rows, right=range(5), title="Sentences, most likely first")
 
 
 def score_json(ranked: Sequence[SentenceScore], index: Sequence[int]) -> str:
     """The ranked scores as a JSON list; ``index`` is each sentence's 1-based input position."""
-
-    def finite(x: float) -> float | None:
-        return x if math.isfinite(x) else None
 
     rows = [
         {
             "rank": rank,
             "index": i,
             "sentence": s.text,
-            "log_prob_nats": finite(s.log_prob),
-            "log10_prob": finite(s.log10_prob),
-            "nats_per_char": finite(s.nats_per_char),
-            "bits_per_char": finite(s.bits_per_char),
+            "log_prob_nats": _finite(s.log_prob),
+            "log10_prob": _finite(s.log10_prob),
+            "nats_per_char": _finite(s.nats_per_char),
+            "bits_per_char": _finite(s.bits_per_char),
             "chars": s.chars,
             "unknown": s.unknown,
         }
@@ -183,62 +254,128 @@ def human_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
-def info_table(info) -> Table:
-    """Everything ``charlm info`` shows about one checkpoint (a runs.RunInfo)."""
+def info_fields(info, width: int = 80) -> Fields:
+    """Everything ``charlm info`` shows about one checkpoint (a runs.RunInfo); the
+    validation curve's sparkline is made narrow enough for lines of ``width``."""
     cfg, tr = info.config, info.state
-    table = Table(show_header=False, box=None, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column()
-    table.add_row("checkpoint", f"{info.path} ({info.file_bytes / 1e6:.1f} MB)")
+    fields = [("checkpoint", f"{info.path} ({info.file_bytes / 1e6:.1f} MB)")]
     model = f"{cfg.layers}×{cfg.hidden} {cfg.cell.upper()}, embedding {cfg.embed}, dropout {cfg.dropout}"
     if cfg.cell == "lstm":  # written before the setting existed: initialised with 1 (see ModelConfig.from_dict)
         model += f", initial forget-gate bias {cfg.forget_bias:g}"
-    table.add_row("model", model)
-    table.add_row("parameters", f"{info.params:,}")
-    table.add_row("vocabulary", f"{info.vocab_size} characters")
+    fields += [("model", model), ("parameters", f"{info.params:,}"), ("vocabulary", f"{info.vocab_size} characters")]
     if info.corpus is not None:
         c = info.corpus
         text = f"{c.name or '?'}, {c.chars or 0:,} characters"
         if c.val_chars:
             text += f" ({c.val_chars:,} held out)"
-        table.add_row("corpus", text)
+        fields.append(("corpus", text))
     if tr is not None:
-        table.add_row(
-            "training",
-            f"{tr.step:,} steps, {tr.chars_seen / 1e6:.1f}M characters seen, {human_duration(tr.elapsed)}",
+        fields.append(
+            ("training", f"{tr.step:,} steps, {tr.chars_seen / 1e6:.1f}M characters seen, {human_duration(tr.elapsed)}")
         )
     best = info.best_val
     if math.isfinite(best):
-        table.add_row(
-            "best validation",
-            f"{best:.4f} nats/char, {best / math.log(2):.4f} bits/char, perplexity {perplexity_text(best)} "
-            f"(step {tr.best_step:,})",
+        fields.append(
+            (
+                "best validation",
+                f"{best:.4f} nats/char, {best / math.log(2):.4f} bits/char, perplexity {perplexity_text(best)} "
+                f"(step {tr.best_step:,})",
+            )
         )
     if info.val_curve:
         vals = [v for _, v in info.val_curve]
         finite = [v for v in vals if math.isfinite(v)]
         rng = f"  {max(finite):.3f} → {min(finite):.3f}" if finite else ""
-        table.add_row("validation curve", f"{sparkline(vals)}{rng}  ({len(vals)} evaluations)")
-    return table
+        rest = f"{rng}  ({len(vals)} evaluations)"
+        room = width - len("validation curve  ") - len(rest)
+        fields.append(("validation curve", f"{sparkline(vals, max(10, min(60, room)))}{rest}"))
+    return Fields(fields)
 
 
-def runs_table(infos) -> Table:
-    """``charlm runs``: one row per run folder."""
-    infos = list(infos)
-    table = Table(title="Runs (newest first)")
-    # The run folder is what the user types next, so it is never cut short.
-    table.add_column("run", no_wrap=True, min_width=max((len(str(r.path.parent)) for r in infos), default=3))
-    for col in ("model", "best val nats/char", "bits/char", "steps", "age"):
-        table.add_column(col, justify="left" if col == "model" else "right")
+def runs_table(infos) -> PlainTable:
+    """``charlm runs``: one row per run folder, newest first."""
+    rows = []
     for r in infos:
-        cfg = r.config
-        best = r.best_val
-        table.add_row(
-            str(r.path.parent),
-            f"{cfg.layers}×{cfg.hidden} {cfg.cell.upper()}",
-            f"{best:.4f}" if math.isfinite(best) else "–",
-            f"{best / math.log(2):.4f}" if math.isfinite(best) else "–",
-            f"{r.state.step if r.state is not None else 0:,}",
-            human_duration(r.age_seconds) + " ago",
+        cfg, best = r.config, r.best_val
+        rows.append(
+            (
+                r.path.parent,
+                f"{cfg.layers}×{cfg.hidden} {cfg.cell.upper()}",
+                f"{best:.4f}" if math.isfinite(best) else "–",
+                f"{best / math.log(2):.4f}" if math.isfinite(best) else "–",
+                f"{r.state.step if r.state is not None else 0:,}",
+                human_duration(r.age_seconds) + " ago",
+            )
         )
-    return table
+    header = ("run", "model", "best val nats/char", "bits/char", "steps", "age")
+    return PlainTable(header, rows, right=range(2, 6), title="Runs (newest first)")
+
+
+# --------------------------------------------------------------------------- #
+# --json: the objects are documented in the README (perplexity, info, runs)
+# --------------------------------------------------------------------------- #
+
+
+def perplexity_json(result, checkpoint) -> dict:
+    """``charlm perplexity --json``: the model's loss on the text (an evaluate.Score)."""
+    return {
+        "checkpoint": str(checkpoint),
+        "nats_per_char": _finite(result.nats_per_char),
+        "bits_per_char": _finite(result.bits_per_char),
+        "perplexity": _finite(result.perplexity),
+        "chars": result.chars,
+        "unknown": result.unknown,
+    }
+
+
+def _best_val(info) -> dict | None:
+    best = info.best_val
+    if not math.isfinite(best):
+        return None
+    step = info.state.best_step if info.state is not None else None
+    perplexity = math.exp(best) if best < 709.0 else None  # past that exp overflows a float
+    return {"nats_per_char": best, "bits_per_char": best / math.log(2), "perplexity": perplexity, "step": step}
+
+
+def info_json(info) -> dict:
+    """``charlm info --json``: one checkpoint (a runs.RunInfo)."""
+    tr, c = info.state, info.corpus
+    corpus = None if c is None else {"name": c.name, "chars": c.chars, "val_chars": c.val_chars, "sha256": c.sha256}
+    training = None
+    if tr is not None:
+        training = {
+            "steps": tr.step,
+            "total_steps": tr.total_steps,
+            "chars_seen": tr.chars_seen,
+            "seconds": tr.elapsed,
+            "train_seconds": tr.train_seconds,
+        }
+    return {
+        "checkpoint": str(info.path),
+        "file_bytes": info.file_bytes,
+        "model": asdict(info.config),
+        "params": info.params,
+        "vocab_size": info.vocab_size,
+        "corpus": corpus,
+        "training": training,
+        "best_val": _best_val(info),
+        "val_curve": [[int(step), _finite(v)] for step, v in (info.val_curve or [])],
+    }
+
+
+def runs_json(infos) -> list[dict]:
+    """``charlm runs --json``: one object per run folder, newest first."""
+    return [
+        {
+            "run": str(r.path.parent),
+            "checkpoint": str(r.path),
+            "model": asdict(r.config),
+            "params": r.params,
+            "steps": r.state.step if r.state is not None else 0,
+            "best_val": _best_val(r),
+            "corpus": r.corpus.name if r.corpus is not None else None,
+            "modified": r.modified,
+            "age_seconds": r.age_seconds,
+        }
+        for r in infos
+    ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -75,7 +76,8 @@ def test_runs_lists_newest_first(trained_run, small_corpus):
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["runs"])
     assert r.exit_code == 0, r.output
-    assert r.stdout.index("small-2") < r.stdout.index("small ")
+    runs = [line.split("\t")[0] for line in r.stdout.splitlines()[1:]]  # stdout is not a terminal: TSV
+    assert runs.index(str(Path("runs") / "small-2")) < runs.index(str(Path("runs") / "small"))
 
 
 def test_info_refuses_what_is_not_a_checkpoint(tmp_path):

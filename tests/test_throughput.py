@@ -4,12 +4,15 @@ speed goals are measured by benchmarks/compare.py, never asserted in tests."""
 from __future__ import annotations
 
 import json
+import os
 
+import pytest
 from typer.testing import CliRunner
 
+from charlm import blas
 from charlm.cli import app
 from charlm.model import CharModel, ModelConfig
-from charlm.throughput import flops_per_char
+from charlm.throughput import _figures, flops_per_char, gemm_threads
 
 runner = CliRunner()
 TINY = [
@@ -54,6 +57,30 @@ def test_bench_json_is_consistent():
         assert min(part["windows"]) <= part["chars_per_s"] <= max(part["windows"])
         assert abs(part["gflops"] - part["chars_per_s"] * part["flops_per_char"] / 1e9) < 0.01 * part["gflops"] + 1e-3
     assert res["peak_rss_mb"] > 10
+    # each fraction is against a peak measured with the run's own BLAS thread count
+    assert res["train"]["gemm_threads"] == gemm_threads(res["threads"])[0] == res["gemm_threads"]
+    assert res["sample"]["gemm_threads"] == 1
+    for key in ("train", "sample"):
+        part = res[key]
+        assert 0 < part["roofline_fraction"] <= 1.0
+        assert (
+            part["roofline_fraction"] == pytest.approx(part["gflops"] / part["gemm_gflops"], rel=0.01, abs=1e-4)
+            or part["roofline_capped"]
+        )
+
+
+def test_gemm_peak_threads_follow_the_run():
+    cores = os.cpu_count() or 1
+    assert gemm_threads(1) == (blas.threads(), 1)  # one block: this process, with its own threads
+    assert gemm_threads(2) == (min(2, cores), 1)  # K one-thread worker processes
+    assert gemm_threads(cores + 5) == (cores, 1)  # more blocks than cores share the cores
+
+
+def test_a_rate_above_the_peak_is_capped_and_flagged():
+    fig = _figures([100.0, 120.0], flops=1e9, gemm=50.0, threads=2, digits=4)  # 110 GFLOP/s against 50
+    assert fig["roofline_fraction"] == 1.0 and fig["roofline_capped"]
+    fig = _figures([10.0], flops=1e9, gemm=50.0, threads=2, digits=4)
+    assert fig["roofline_fraction"] == 0.2 and not fig["roofline_capped"]
 
 
 def test_bench_table_and_selective_runs():

@@ -9,9 +9,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from charlm.cli.help import HelpTyper
+from charlm.cli.output import StdoutConsole
 from charlm.errors import CharlmError, ConfigError, UsageError
 
-app = typer.Typer(
+app = HelpTyper(
     name="charlm",
     help="Train a character-level language model on any text, sample from it, and score text.",
     no_args_is_help=True,
@@ -20,7 +22,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 err = Console(stderr=True, soft_wrap=True, highlight=False)
-out = Console(soft_wrap=True, highlight=False)
+out = StdoutConsole(soft_wrap=True, highlight=False)
 
 DEFAULT_MINUTES = 10.0
 
@@ -139,7 +141,7 @@ def user_errors(fn):
         except KeyboardInterrupt:
             fail("interrupted.", 130)
         except BrokenPipeError:
-            raise  # Typer exits quietly when the reader of stdout goes away (charlm sample | head)
+            raise  # the reader of stdout went away (charlm sample | head): cli.main ends quietly
         except OSError as e:
             where = f"{e.filename}: " if e.filename else ""
             fail(f"{where}{e.strerror or e}. Check the path, its permissions and the free space.")
@@ -194,4 +196,18 @@ def check_threads(threads: int, batch_size: int) -> None:
         raise UsageError(
             f"--threads {threads} is more than --batch-size {batch_size}: each block needs a row of its own. "
             "Give at most the batch size, or 0 for one block per core."
+        )
+
+
+def warn_threads_over_cores(threads: int) -> None:
+    """--threads above the core count runs as asked (the blocks, and so the results, are
+    those of that value) but the blocks then share cores: say so once, on stderr."""
+    import os
+
+    cores = os.cpu_count() or 1
+    if threads > cores:
+        notice(
+            f"warning: --threads {threads} is more than the {cores} CPU cores here: {threads} row blocks "
+            f"({threads - 1} worker processes) share them, slower than --threads {cores}; the results are "
+            f"those of --threads {threads} on any machine."
         )

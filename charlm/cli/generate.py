@@ -252,6 +252,9 @@ def perplexity(
     span_width: Annotated[
         int, typer.Option("--span-width", help="With --show: characters per surprising span, ≥ 1.")
     ] = 12,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print a JSON object instead of the five lines (fields in the README).")
+    ] = False,
 ) -> None:
     """How well the model predicts a text: nats/char, bits/char and perplexity.
 
@@ -269,7 +272,10 @@ def perplexity(
     from charlm.text import iter_text
 
     listed = SpanConfig(spans=spans, span_width=span_width).check()
-    ckpt = load(checkpoint_path(checkpoint, model_name))
+    if show and as_json:
+        raise UsageError("give --show or --json, not both.")
+    path = checkpoint_path(checkpoint, model_name)
+    ckpt = load(path)
     form = text_form(ckpt.corpus)
     source, label = (sys.stdin.buffer, "standard input") if file == "-" else (resolve(file)[0], file)
     if show:  # the heat map needs the text itself
@@ -287,7 +293,13 @@ def perplexity(
         result = _show_surprisal(ckpt, text, listed)
     else:
         result = score_ids(ckpt.build_model(), enc.ids, unknown=enc.unknown_count)
-    _print_score(result)
+    if as_json:
+        from charlm.cli.output import print_json
+        from charlm.report import perplexity_json
+
+        print_json(perplexity_json(result, path))
+    else:
+        _print_score(result)
 
 
 def _say_skipped(unknown) -> None:

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from charlm.cli.common import app, check_threads, err, out, user_errors
+from charlm.cli.common import app, check_threads, err, out, user_errors, warn_threads_over_cores
+from charlm.cli.output import print_json
 from charlm.errors import UsageError
 
 # --------------------------------------------------------------------------- #
@@ -19,27 +20,19 @@ from charlm.errors import UsageError
 @user_errors
 def corpora() -> None:
     """List the corpora shipped with charlm."""
-    from rich.table import Table
-
     from charlm.corpora import shipped
+    from charlm.report import PlainTable
 
-    table = Table(title="Shipped corpora (use the name in place of a file)")
-    for col in ("name", "size", "characters", "distinct", "source", "path"):
-        table.add_column(col, justify="right" if col in ("size", "characters", "distinct") else "left")
+    rows = []
     for c in shipped():
         if not c.path.is_file():
-            table.add_row(c.name, "missing", "", "", c.description, str(c.path))
+            rows.append((c.name, "missing", "", "", c.path, c.description))
             continue
         text = c.path.read_text(encoding="utf-8")
-        table.add_row(
-            c.name,
-            f"{c.path.stat().st_size / 1e6:.2f} MB",
-            f"{len(text):,}",
-            str(len(set(text))),
-            c.description,
-            str(c.path),
-        )
-    out.print(table)
+        size = f"{c.path.stat().st_size / 1e6:.2f} MB"
+        rows.append((c.name, size, f"{len(text):,}", len(set(text)), c.path, c.description))
+    header = ("name", "size", "characters", "distinct", "path", "source")
+    out.print(PlainTable(header, rows, right=(1, 2, 3), title="Shipped corpora (use the name in place of a file)"))
 
 
 # --------------------------------------------------------------------------- #
@@ -58,12 +51,17 @@ def info(
             show_default=False,
         ),
     ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object (fields in the README).")] = False,
 ) -> None:
     """Show a checkpoint's model, training and validation-loss curve (reads the header only)."""
-    from charlm.report import info_table
+    from charlm.report import info_fields, info_json
     from charlm.runs import describe, find_model
 
-    out.print(info_table(describe(find_model(target).path)))
+    found = describe(find_model(target).path)
+    if as_json:
+        print_json(info_json(found))
+    else:
+        out.print(info_fields(found, width=out.width))
 
 
 @app.command()
@@ -98,16 +96,21 @@ def export(
 @user_errors
 def runs(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder that holds the run folders.")] = Path("runs"),
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print a JSON list, newest first (fields in the README).")
+    ] = False,
 ) -> None:
     """List the runs under ./runs with their best validation loss and age."""
-    from charlm.report import runs_table
+    from charlm.report import runs_json, runs_table
     from charlm.runs import describe_runs
 
     found = describe_runs(out_dir)
     if not found:  # nothing to list is not an error
         err.print(f"no runs with a checkpoint under {out_dir} yet. Train one: charlm train shakespeare", markup=False)
-        return
-    out.print(runs_table(found))
+    if as_json:
+        print_json(runs_json(found))
+    elif found:
+        out.print(runs_table(found))
 
 
 # --------------------------------------------------------------------------- #
@@ -147,6 +150,7 @@ def bench(
     if cell not in CELLS:
         raise UsageError(f"unknown cell {cell!r}; choose one of: {', '.join(CELLS)}.")
     check_threads(threads, batch)
+    warn_threads_over_cores(threads)
     model = ModelConfig(vocab_size=vocab, cell=cell, embed=embed, hidden=hidden, layers=layers)
     cfg = BenchConfig(model, batch, seq_len, windows, window_seconds, threads=threads)
     if not as_json:
@@ -160,25 +164,35 @@ def bench(
 
 def _print_bench(cfg, result: dict) -> None:
     """The figures of a ``run`` as a table and a line about the machine."""
-    from rich.table import Table
+    from charlm.report import PlainTable
 
     m = cfg.model
-    table = Table(title=f"charlm bench: {m.layers}×{m.hidden} {m.cell.upper()}, E={m.embed}, V={m.vocab_size}")
-    for col in ("measure", "chars/s (median)", "min–max", "GFLOP/s", "of GEMM peak"):
-        table.add_column(col, justify="left" if col == "measure" else "right")
+    rows = []
     for key, label in (("train", f"training, batch {cfg.batch} × {cfg.seq_len}"), ("sample", "sampling, batch 1")):
         if key in result:
             r = result[key]
-            table.add_row(
-                label,
-                f"{r['chars_per_s']:,.0f}",
-                f"{min(r['windows']):,.0f}–{max(r['windows']):,.0f}",
-                f"{r['gflops']:.2f}",
-                f"{100 * r['roofline_fraction']:.1f}%",
+            rows.append(
+                (
+                    label,
+                    f"{r['chars_per_s']:,.0f}",
+                    f"{min(r['windows']):,.0f}–{max(r['windows']):,.0f}",
+                    f"{r['gflops']:.2f}",
+                    f"{100 * r['roofline_fraction']:.1f}%",
+                    f"{r['gemm_gflops']:.1f} GFLOP/s, {r['gemm_threads']} thread{'s' * (r['gemm_threads'] != 1)}",
+                )
             )
-    out.print(table)
+            if r["roofline_capped"]:
+                err.print(
+                    f"warning: the {key} rate came out above the GEMM peak measured beside it (a busy machine?); "
+                    "shown as 100%.",
+                    markup=False,
+                )
+    header = ("measure", "chars/s (median)", "min–max", "GFLOP/s", "of GEMM peak", "GEMM peak (same threads)")
+    title = f"charlm bench: {m.layers}×{m.hidden} {m.cell.upper()}, E={m.embed}, V={m.vocab_size}"
+    out.print(PlainTable(header, rows, right=range(1, 5), title=title))
     machine = result["machine"]
     out.print(
-        f"float32 GEMM peak {result['gemm_gflops']:.1f} GFLOP/s; {machine['nproc']} CPUs; NumPy {machine['numpy']} "
-        f"({machine['blas']}); peak RSS {result['peak_rss_mb']:.0f} MB"
+        f"{machine['nproc']} CPUs; {result['threads']} row block{'s' * (result['threads'] != 1)}; "
+        f"NumPy {machine['numpy']} ({machine['blas']}); peak RSS {result['peak_rss_mb']:.0f} MB",
+        markup=False,
     )

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from typer.core import TyperCommand
 
-from charlm.cli.common import DEFAULT_MINUTES, app, err, flag, out, user_errors
+from charlm.cli.common import DEFAULT_MINUTES, app, err, flag, out, user_errors, warn_threads_over_cores
 from charlm.errors import UsageError
 
 if TYPE_CHECKING:  # imported lazily, so that --help stays instant
@@ -176,6 +176,7 @@ def train(
         trainer = _resume(ctx, resume, name, out_dir, path)
     else:
         trainer = _new_run(path, stem, name, out_dir, model_config, config)
+    warn_threads_over_cores(threads)
     summary = trainer.run()
     _report_training(summary, corpus)
 
