@@ -30,7 +30,8 @@ import numpy as np
 
 from charlm.config import TrainConfig
 from charlm.errors import CorpusError
-from charlm.text import RAW, TextForm, iter_text
+from charlm.text import iter_text
+from charlm.textform import RAW, TextForm
 from charlm.vocab import CODE_POINTS, MAX_VOCAB, Vocab, code_point_blocks, code_points
 
 MEMMAP_MIN_CHARS = 16 * 2**20  # corpora this long are encoded to a cached np.memmap, not to memory

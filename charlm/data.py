@@ -23,7 +23,8 @@ from typing import BinaryIO
 import numpy as np
 
 from charlm.errors import CorpusError
-from charlm.text import RAW, TextForm, iter_text
+from charlm.text import iter_text
+from charlm.textform import RAW, TextForm
 from charlm.vocab import Vocab, code_point_blocks, describe_counts
 
 RELEASE_EVERY = 256  # batches between releasing the read pages of a memmapped corpus

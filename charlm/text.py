@@ -8,7 +8,7 @@ reported with its byte offset in the whole file. The advice of such an error
 fits the file: bytes that look like UTF-16 name that encoding, and a file with
 NUL bytes near the problem is called binary rather than told to replace bytes.
 
-The decoded text is then brought into its ``TextForm`` (``Cleaner``): NFC
+The decoded text is then brought into its ``TextForm`` (``charlm.textform``): NFC
 normalization and ``\r\n`` read as ``\n``, each optional. Both are done chunk
 by chunk; the end of a chunk whose form could still change with the next one
 (a ``\r`` before a possible ``\n``, a character a following combining mark
@@ -19,23 +19,20 @@ chunks were cut.
 from __future__ import annotations
 
 import codecs
-import functools
 import io
 import os
 import sys
-import unicodedata
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from charlm.config import ERROR_POLICIES
 from charlm.errors import ConfigError, CorpusError, UsageError
+from charlm.textform import RAW, Cleaner, TextForm
 
 CHUNK_BYTES = 8 * 2**20  # bytes read, checked and decoded at a time
 HEAD_BYTES = 4096  # bytes from the start of a file that say which encoding it may be in
 LOOKAHEAD_BYTES = 4096  # bytes after an undecodable one searched for NUL bytes (binary data)
-PIECE_CHARS = 2**16  # characters brought into a text form at a time (see Cleaner)
 
 BINARY_MAGIC = {
     b"\x89PNG": "a PNG image",
@@ -246,109 +243,6 @@ class ChunkDecoder:
             label=label,
             offset=at,
         )
-
-
-# --------------------------------------------------------------------------- #
-# The form text is read in: NFC, line ends
-# --------------------------------------------------------------------------- #
-
-
-@dataclass(frozen=True)
-class TextForm:
-    """What is done to decoded text on the way in. The default, nothing, is how
-    checkpoints that record no form (older ones) read their text."""
-
-    nfc: bool = False  # Unicode NFC normalization: "o" + U+0308 → "ö"
-    crlf_as_lf: bool = False  # read "\r\n" as "\n" (a lone "\r" stays)
-
-    def apply(self, text: str) -> str:
-        """``text`` in this form, all at once (see Cleaner for text in chunks)."""
-        if self.crlf_as_lf:
-            text = text.replace("\r\n", "\n")
-        return unicodedata.normalize("NFC", text) if self.nfc and not text.isascii() else text
-
-
-RAW = TextForm()
-CLEAN = TextForm(nfc=True, crlf_as_lf=True)  # how new runs read their text unless told otherwise
-
-_HANGUL_V_T = (range(0x1161, 0x1176), range(0x11A8, 0x11C3))  # jamo that compose with a preceding syllable
-
-
-@functools.cache
-def stable_start(ch: str) -> bool:
-    """True if NFC never joins ``ch`` to what comes before it: its decomposition
-    starts with a character of combining class 0 that is not a mark and not a
-    Hangul vowel or final consonant. Every second part of a canonical composition
-    is one of those (tests/test_text.py checks this over all of Unicode), so
-    NFC(a + b) = NFC(a) + NFC(b) whenever b starts with such a character."""
-    if ch < "\u0300":
-        return True  # ASCII and Latin-1/Extended: no marks, nothing composes onto them
-    first = unicodedata.normalize("NFD", ch)[0]
-    return (
-        unicodedata.combining(first) == 0
-        and not unicodedata.category(first).startswith("M")
-        and not any(ord(first) in r for r in _HANGUL_V_T)
-    )
-
-
-class Cleaner:
-    """Brings text read in chunks into a TextForm; the result is the same as
-    ``form.apply`` on the whole text. The text may be cut before a stable start
-    (``stable_start``, for NFC) that does not follow a "\\r" (for line ends): each
-    chunk's tail from its last such cut waits for the next chunk, and the rest is
-    given out in pieces of about PIECE_CHARS, so that no copy of a whole chunk is made."""
-
-    def __init__(self, form: TextForm, piece_chars: int = PIECE_CHARS) -> None:
-        self.form = form
-        self.piece_chars = piece_chars
-        self.pending = ""  # the held-back tail of the last chunk
-
-    def _cut(self, s: str, i: int, final: bool) -> bool:
-        """Whether ``s`` (after ``pending``) may be cut before index ``i``: nothing after
-        the cut can change what comes before it."""
-        if i == len(s) and final:
-            return True
-        if self.form.crlf_as_lf and (s[i - 1] if i else self.pending[-1:]) == "\r":
-            return False  # a "\r" waits for a possible "\n"
-        if not self.form.nfc:
-            return True
-        return i < len(s) and stable_start(s[i])  # the next chunk's first character is not known yet
-
-    def feed(self, text: str, final: bool = False) -> Iterator[str]:
-        """The text that is final once ``text`` is read, in pieces; on ``final`` everything left."""
-        form = self.form
-        if not (form.nfc or form.crlf_as_lf):
-            if text:
-                yield text
-            return
-        n, start = len(text), 0
-        if self.pending:  # the held-back tail, completed up to the first cut in ``text``
-            first = next((i for i in range(n + 1) if self._cut(text, i, final)), None)
-            if first is None:
-                self.pending += text
-                return
-            head, self.pending, start = form.apply(self.pending + text[:first]), "", first
-            if head:
-                yield head
-        end = next((i for i in range(n, start, -1) if self._cut(text, i, final)), start)
-        self.pending = text[end:]
-        while start < end:  # pieces cut where they may be, each at most piece_chars unless no cut is nearer
-            stop = end
-            if end - start > self.piece_chars:
-                limit = start + self.piece_chars
-                stop = next((i for i in range(limit, start, -1) if self._cut(text, i, final)), 0) or next(
-                    i for i in range(limit, end + 1) if self._cut(text, i, final) or i == end
-                )
-            yield form.apply(text[start:stop])
-            start = stop
-
-
-def clean_chunks(chunks: Iterable[str], form: TextForm) -> Iterator[str]:
-    """``chunks`` in ``form``, piece by piece (the same text as ``form.apply`` on their concatenation)."""
-    cleaner = Cleaner(form)
-    for chunk in chunks:
-        yield from cleaner.feed(chunk)
-    yield from cleaner.feed("", final=True)
 
 
 def _progress_bar(stream: BinaryIO, desc: str):

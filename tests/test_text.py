@@ -18,7 +18,8 @@ from charlm import text as text_mod
 from charlm.config import TrainConfig
 from charlm.corpus import CorpusFingerprint, load_corpus
 from charlm.errors import CorpusError
-from charlm.text import CLEAN, RAW, Cleaner, TextForm, decode_bytes, iter_text, stable_start
+from charlm.text import decode_bytes, iter_text
+from charlm.textform import CLEAN, PIECE_CHARS, RAW, Cleaner, TextForm, stable_start
 from charlm.vocab import describe_char, describe_counts
 from tests.conftest import SMALL_TEXT
 
@@ -100,8 +101,8 @@ def test_no_second_part_of_a_composition_is_a_stable_start():
 
 def test_a_long_chunk_is_given_out_in_pieces():
     text = ("abc\u0301 " * 50_000)[:-1]
-    pieces = cleaned_in_chunks(text, [0.4], CLEAN, text_mod.PIECE_CHARS)
-    assert max(map(len, pieces)) <= text_mod.PIECE_CHARS
+    pieces = cleaned_in_chunks(text, [0.4], CLEAN, PIECE_CHARS)
+    assert max(map(len, pieces)) <= PIECE_CHARS
     assert "".join(pieces) == CLEAN.apply(text)
 
 
