@@ -26,7 +26,7 @@ import statistics
 import time
 from collections import deque
 
-EXIT_SECONDS = 0.5  # closing the worker processes, printing the summary, leaving the interpreter
+EXIT_SECONDS = 1.0  # closing the worker processes, printing the summary, leaving the interpreter
 RECENT_STEPS = 5  # step times the step-time estimate is the median of (a slowdown shows after 3 steps)
 
 
@@ -65,6 +65,7 @@ class TimeBudget:
     # -- measurements ----------------------------------------------------------
 
     def note_step(self, seconds: float) -> None:
+        """A training step took ``seconds``, its callbacks included (validations not)."""
         self.step_times.append(seconds)
 
     def note_validation(self, seconds: float, steps: int) -> None:
@@ -117,6 +118,6 @@ class TimeBudget:
         after = now + step
         if validate_after:
             after += self.validation_seconds() + 2 * self.save_seconds
-        last = after + step > end
+        last = after + 1.5 * step > end  # half a step to spare: the estimates move a little between two plans
         self.progress = 1.0 if last else min(1.0, max(self.progress, (now + step) / end))
         return self.progress, last

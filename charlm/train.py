@@ -227,13 +227,13 @@ class Trainer:
                     progress = max(progress, (self.step + 1) / self.step_limit)
                     last = last or self.step + 1 >= self.step_limit
                     self.total_steps = min(self.total_steps, self.step_limit)
-            spent = self.train_seconds
+            t0 = time.perf_counter()
             loss = self.train_step(progress)
-            if budget is not None:
-                budget.note_step(self.train_seconds - spent)
             window_loss += loss
             window_steps += 1
             self.callbacks.on_step(self, loss)
+            if budget is not None:
+                budget.note_step(time.perf_counter() - t0)
             if self.step % c.eval_every == 0:
                 rate = window_steps * self.chars_per_step / max(time.perf_counter() - window_t, 1e-9)
                 self.evaluate(window_loss / window_steps, rate)
