@@ -16,7 +16,7 @@ they were not yet, and the best weights once on the whole held-out text (up to
 ``val_chars``): that figure is the run's ``best_val``, in the summary and in
 both checkpoints.
 
-Budget: ``--steps``/``--epochs`` fix the schedule's length in steps. A budget in
+Budget: a budget in steps or epochs fixes the schedule's length in steps. A budget in
 minutes covers the whole run, start-up to exit; ``charlm.budget`` decides when
 the last step is and drives the learning-rate schedule by the fraction of the
 training time used, so the decay always finishes.

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -36,7 +36,7 @@ def test_the_timed_schedule_warms_up_by_steps_and_ends_exactly_at_the_final_rate
     assert timed_learning_rate(5000, 1.0, base, warmup, final) == base * final  # exactly
     assert timed_learning_rate(5000, 1.7, base, warmup, final) == base * final  # p is capped
     rates = [timed_learning_rate(5000, p, base, warmup, final) for p in np.linspace(0, 1, 11)]
-    assert all(a > b for a, b in zip(rates, rates[1:], strict=False))
+    assert all(a > b for a, b in pairwise(rates))
     # the step schedule is the one --steps runs keep, unchanged
     assert learning_rate(5000, 5000, base, warmup, final) == pytest.approx(base * final)
 
@@ -92,7 +92,7 @@ def test_a_change_of_speed_changes_how_many_steps_fit_never_whether_the_schedule
     end, ps, last, in_steps = simulate(SPEEDS[speed])
     assert end <= 120.0  # the command ends within its budget
     assert ps[-1] == 1.0 and last  # the last step ran at the final learning rate
-    assert all(a <= b for a, b in zip(ps, ps[1:], strict=False))  # the schedule never goes back
+    assert all(a <= b for a, b in pairwise(ps))  # the schedule never goes back
     assert in_steps / end > 0.9  # little is left unused
 
 
