@@ -49,10 +49,11 @@ class FakeClock:
         return self.t
 
 
-def simulate(step_seconds, budget_s: float = 120.0, every: int = 200):
+def simulate(step_seconds, budget_s: float = 120.0, every: int = 200, end_slower: float = 1.0):
     """Drive a TimeBudget as the trainer does, with steps taking ``step_seconds(k)``;
-    a validation pass step costs 1 ms, a save 20 ms. Returns (clock at exit, p of each
-    step, whether the last step was planned as last, seconds in steps)."""
+    a validation pass step costs 1 ms (``end_slower`` times that at the end), a save
+    20 ms. Returns (clock at exit, p of each step, whether the last step was planned
+    as last, seconds in steps)."""
     clock = FakeClock()
     budget = TimeBudget(budget_s, clock, sample_steps=512, whole_steps=2000)
     budget.note_validation(0.001, 1)  # the first measure, as from pass_step_seconds
@@ -73,8 +74,8 @@ def simulate(step_seconds, budget_s: float = 120.0, every: int = 200):
             budget.note_validation(512 * 0.001, 512)
             budget.note_save(0.02)
     if k % every:  # the end: the final weights on the sample unless just validated, then the whole text
-        clock.t += 512 * 0.001
-    clock.t += 2000 * 0.001 + 3 * 0.02 + EXIT_SECONDS
+        clock.t += 512 * 0.001 * end_slower
+    clock.t += 2000 * 0.001 * end_slower + 3 * 0.02 + EXIT_SECONDS
     return clock.t, ps, last, in_steps
 
 
@@ -94,6 +95,11 @@ def test_a_change_of_speed_changes_how_many_steps_fit_never_whether_the_schedule
     assert ps[-1] == 1.0 and last  # the last step ran at the final learning rate
     assert all(a <= b for a, b in pairwise(ps))  # the schedule never goes back
     assert in_steps / end > 0.9  # little is left unused
+
+
+def test_the_end_may_run_slower_than_measured():
+    end, ps, last, _ = simulate(SPEEDS["slows down 4×"], end_slower=1.2)
+    assert end <= 120.0 and ps[-1] == 1.0
 
 
 def test_the_old_plan_would_have_cut_the_schedule_short():
