@@ -75,7 +75,7 @@ class Callbacks:
 
     def on_final(self, trainer: Trainer, record: dict) -> None:
         """After the best weights were validated on the whole held-out text (``record``
-        holds step, best_step, best_val_loss, val_chars, elapsed)."""
+        holds step, best_step, best_val_loss, val_chars: the characters predicted, elapsed)."""
 
     def on_end(self, trainer: Trainer, summary: TrainSummary) -> None: ...
 
@@ -87,12 +87,12 @@ class TrainSummary:
     chars_seen: int
     elapsed: float  # seconds of the run from start-up, validations and checkpoints included
     train_seconds: float  # seconds spent in training steps
-    best_val: float  # nats/char, on val_chars held-out characters
+    best_val: float  # nats/char, on the val_chars held-out characters once the run has ended
     best_step: int
     final_train: float
     history: list[dict] = field(default_factory=list)
     interrupted: int | None = None  # the signal that stopped the run early (0: request_stop), else None
-    val_chars: int = 0  # held-out characters best_val was measured on (0: none, the run was interrupted)
+    val_chars: int = 0  # held-out characters best_val was measured on (0: not yet, the run was interrupted)
 
     @property
     def best_val_bits(self) -> float:
@@ -148,7 +148,7 @@ class Trainer:
         self.saved_step: int | None = None  # step of the newest last.safetensors written
         self.notes: list[str] = []  # what resuming decided, for the CLI to show
         self.changed: dict[str, tuple] = {}  # setting → (stored, new) that resuming changed
-        self.final_chars = 0  # held-out characters of the final validation (0: not run)
+        self.final_chars = 0  # held-out characters the final validation read (0: not run)
 
     # -- budget --------------------------------------------------------------------
 
@@ -384,7 +384,7 @@ class Trainer:
                 self.model.flat[...] = current
         assert score is not None
         self.best_val = score.nats_per_char
-        self.final_chars = score.chars
+        self.final_chars = len(self.val_ids)
         self.elapsed = self.clock()
         record = {
             "step": self.step,

@@ -89,5 +89,5 @@ def test_the_end_scores_the_best_weights_on_all_the_held_out_text(small_corpus, 
     assert all(np.array_equal(best.params[n], best_before[n]) for n in best.params)  # the same weights, rewritten
     assert best.state.best_val == last.state.best_val == summary.best_val == pytest.approx(whole.nats_per_char)
     assert best.state.best_sample_val == last.state.best_sample_val == 2.0  # what a resumed run compares with
-    assert summary.val_chars == len(trainer.val_ids) - 1
+    assert summary.val_chars == len(trainer.val_ids)
     assert all(np.array_equal(last.params[n], trainer.model.params[n]) for n in last.params)  # final weights back

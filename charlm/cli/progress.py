@@ -84,7 +84,7 @@ class TrainingDisplay(Callbacks):
     def on_final(self, trainer: Trainer, record: dict) -> None:
         line = (
             f"step {record['step']:>7,}  best weights (step {record['best_step']:,}) on all "
-            f"{record['val_chars']:,} held-out characters: val {record['best_val_loss']:.4f} nats/char  "
+            f"{len(trainer.val_ids):,} held-out characters: val {record['best_val_loss']:.4f} nats/char  "
             f"{record['elapsed']:.0f}s"
         )
         if self.bar is not None:
