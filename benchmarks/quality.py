@@ -86,12 +86,14 @@ def run_charlm(cmd: list[str], run_dir: Path) -> dict:
     if not metrics.is_file():
         raise BenchError(f"charlm train finished but wrote no {metrics}")
     history = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
-    best = min(history, key=lambda r: r["val_loss"])
+    validations = [r for r in history if "val_loss" in r]  # during the run: on the held-out sample
+    final = history[-1] if "best_val_loss" in history[-1] else None  # the end: best weights, whole held-out text
+    best = min(validations, key=lambda r: r["val_loss"])
     return {
-        "best_val": best["val_loss"],
-        "best_step": best["step"],
-        "steps": history[-1]["step"],
-        "chars": history[-1]["chars"],
+        "best_val": final["best_val_loss"] if final else best["val_loss"],
+        "best_step": final["best_step"] if final else best["step"],
+        "steps": validations[-1]["step"],
+        "chars": validations[-1]["chars"],
         "elapsed": history[-1]["elapsed"],
         "history": history,
         "stdout": stdout.strip().splitlines(),

@@ -159,10 +159,17 @@ class TrainState:
     epoch: int = 0  # completed passes over the training text
     position: int = 0  # next chunk within the epoch
     total_steps: int | None = None  # steps the learning-rate schedule spans (None: not known yet)
-    best_val: float | None = None  # best validation loss in nats/char (None: none yet)
+    best_val: float | None = (
+        None  # best validation loss in nats/char: on all the held-out text once a run has ended, on the sample before (None: none yet)
+    )
     best_step: int = 0  # step of best_val
+    best_sample_val: float | None = (
+        None  # best validation loss on the sample validated during a run (what later ones are compared with)
+    )
     chars_seen: int = 0  # characters trained on: step × B × T
-    elapsed: float = 0.0  # seconds in the training loop, validation included
+    elapsed: float = (
+        0.0  # seconds of the run from start-up, validations and checkpoints included (summed over sessions)
+    )
     train_seconds: float = 0.0  # seconds in training steps only
     adam_t: int = 0  # Adam's step count t (bias correction)
     rng: dict | None = None  # the dropout generator's bit_generator.state (None: not resumable)
@@ -172,6 +179,8 @@ class TrainState:
     def to_dict(self, keys: tuple[str, ...] | None = None) -> dict:
         """The JSON object stored in a checkpoint (only ``keys``, if given)."""
         d = {f.name: getattr(self, f.name) for f in fields(self)}
+        if d["best_sample_val"] is None:  # added later: left out unless set, so older headers write back the same
+            del d["best_sample_val"]
         d["config"] = None if self.config is None else self.config.to_dict()
         return d if keys is None else {k: d[k] for k in keys}
 

@@ -1,20 +1,28 @@
 """How well a model predicts text: cross-entropy, bits per character, perplexity.
 
 The text is scored in B parallel rows with the hidden state carried along each
-row, T steps at a time, so a multi-megabyte file is a few hundred batched
-forward passes. Every character after the first is predicted exactly once:
-row b predicts targets [bL, (b+1)L) (L = ⌊(N−1)/B⌋), and the last few that do
-not fill a row are predicted by continuing from the end of the last row.
-Before its first prediction, row b ≥ 1 reads the W = EVAL_WARMUP characters
-that precede its start, unscored, so its (a<t>, c<t>) carry context as they
-would in one pass over the whole text; the result then matches a single
-unbatched pass to about 1e-4 nats/char instead of paying for B cold starts.
-Training's validation loss is this same computation on the held-out text.
+row, so a multi-megabyte file is a few thousand batched forward passes. Every
+character after the first is predicted exactly once: row b predicts targets
+[bL, (b+1)L) (L = ⌊(N−1)/B⌋), and the last few that do not fill a row are
+predicted by continuing from the end of the last row. Before its first
+prediction, row b ≥ 1 reads the W = EVAL_WARMUP characters that precede its
+start, unscored, so its (a<t>, c<t>) carry context as they would in one pass
+over the whole text; the result then matches a single unbatched pass to about
+1e-4 nats/char instead of paying for B cold starts.
+
+Each forward pass covers EVAL_STEPS time steps of all B rows. How a row is cut
+into passes changes no figure (the state is carried), only memory: a layer's
+workspace holds B × EVAL_STEPS steps, whatever the length of the text.
+
+Training validates on a spread sample during the run (``score_sample``: the
+first characters of every row, so the same rows and warm-up as the whole) and
+on the whole held-out text once at the end (``score_ids``).
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -28,8 +36,9 @@ from charlm.model import CharModel, State
 from charlm.vocab import Vocab, code_points, describe_char
 
 EVAL_BATCH = 64  # rows scored in parallel
-EVAL_SEQ = 128  # steps per forward pass
+EVAL_MIN_ROW = 128  # each row holds at least this many targets, so a short text is scored in fewer rows
 EVAL_WARMUP = 256  # characters each row ≥ 1 reads, unscored, before its first prediction
+EVAL_STEPS = 16  # time steps per forward pass: a layer's workspace holds B × EVAL_STEPS steps (see charlm.cells)
 
 
 @dataclass(frozen=True)
@@ -55,57 +64,116 @@ class Score:
             return math.inf
 
 
+def row_layout(n_targets: int, batch_size: int = EVAL_BATCH, min_row: int = EVAL_MIN_ROW) -> tuple[int, int]:
+    """(B, L): the rows a text of ``n_targets`` targets is scored in, and the targets of each row."""
+    B = max(1, min(batch_size, n_targets // min_row or 1))
+    return B, n_targets // B
+
+
 def surprisal_chunks(
     model: CharModel,
     ids: np.ndarray,
     batch_size: int = EVAL_BATCH,
-    seq_len: int = EVAL_SEQ,
+    min_row: int = EVAL_MIN_ROW,
     warmup: int = EVAL_WARMUP,
+    steps: int = EVAL_STEPS,
+    row_limit: int | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (target positions, −log p in nats) for every target ids[1:], chunk by chunk.
 
     A target position k means "ids[k+1] predicted from ids[..k]"; positions come
-    in a (T', B) grid per chunk, matching the nats array.
+    in a (T', B) grid per chunk of at most ``steps`` time steps, matching the
+    nats array. The chunk length changes nothing but the size of the model's
+    workspaces: the state is carried from chunk to chunk. With ``row_limit``,
+    only the first ``row_limit`` targets of each row are scored (an evenly
+    spread sample of the text, see ``score_sample``), and no leftover tail.
     """
     n_targets = len(ids) - 1
     if n_targets <= 0:
         return
-    B = max(1, min(batch_size, n_targets // seq_len or 1))
-    L = n_targets // B
+    B, L = row_layout(n_targets, batch_size, min_row)
     rows_x = ids[: B * L].reshape(B, L)
     rows_y = ids[1 : B * L + 1].reshape(B, L)
-    state = _row_states(model, ids, B, L, warmup)
+    state = _row_states(model, ids, B, L, warmup, steps)
     starts = np.arange(B)[None, :] * L  # (1, B)
-    for s in range(0, L, seq_len):
-        e = min(L, s + seq_len)
+    end = L if row_limit is None else min(L, row_limit)
+    for k, s in enumerate(range(0, end, steps)):
+        e = min(end, s + steps)
         x = np.ascontiguousarray(rows_x[:, s:e].T, dtype=np.int64)  # (T', B)
         y = np.ascontiguousarray(rows_y[:, s:e].T, dtype=np.int64)
         nats, state = model.nll(x, y, state)
         yield starts + np.arange(s, e)[:, None], nats
-        if s // seq_len % RELEASE_EVERY == RELEASE_EVERY - 1:
+        if k % RELEASE_EVERY == RELEASE_EVERY - 1:
             release_pages(ids)  # a memmapped text (a long file): read pages need not stay resident
     rest = n_targets - B * L
-    if rest:
-        tail_state = [tuple(part[B - 1 : B].copy() for part in layer) for layer in state]
-        x = ids[B * L : B * L + rest].astype(np.int64).reshape(rest, 1)
-        y = ids[B * L + 1 : B * L + rest + 1].astype(np.int64).reshape(rest, 1)
-        nats, _ = model.nll(x, y, tail_state)
-        yield np.arange(B * L, B * L + rest)[:, None], nats
+    if rest and end == L:
+        state = [tuple(part[B - 1 : B].copy() for part in layer) for layer in state]  # the last row goes on
+        for s in range(B * L, B * L + rest, steps):
+            e = min(B * L + rest, s + steps)
+            x = ids[s:e].astype(np.int64).reshape(-1, 1)
+            y = ids[s + 1 : e + 1].astype(np.int64).reshape(-1, 1)
+            nats, state = model.nll(x, y, state)
+            yield np.arange(s, e)[:, None], nats
 
 
-def _row_states(model: CharModel, ids: np.ndarray, B: int, L: int, warmup: int) -> State:
+def _row_states(model: CharModel, ids: np.ndarray, B: int, L: int, warmup: int, steps: int) -> State:
     """The state each of B rows of length L starts from: row 0 starts the text (zero
-    state); row b ≥ 1 has read the ``warmup`` characters before its start, unscored."""
+    state); row b ≥ 1 has read the ``warmup`` characters before its start, unscored.
+
+    All B rows are run (row 0 reads row 1's characters), so the warm-up uses the
+    scoring's workspace shape; row 0's state is then reset to zero."""
     state = model.zero_state(B)
     W = min(warmup, L)  # row b ≥ 1 starts at bL ≥ L, so W characters precede it
     if B > 1 and W > 0:
-        before = np.stack([ids[b * L - W : b * L] for b in range(1, B)], axis=1).astype(np.int64)  # (W, B−1)
-        _, warm = model.nll(before, before, model.zero_state(B - 1))  # only the final state is kept
-        state = [
-            tuple(np.concatenate([z[:1], w]) for z, w in zip(zl, wl, strict=True))
-            for zl, wl in zip(state, warm, strict=True)
-        ]
+        before = np.stack([ids[max(b, 1) * L - W : max(b, 1) * L] for b in range(B)], axis=1).astype(np.int64)
+        for s in range(0, W, steps):  # (W, B) in chunks; only the final state is kept
+            chunk = before[s : s + steps]
+            _, state = model.nll(chunk, chunk, state)
+        for layer in state:
+            for part in layer:
+                part[0] = 0.0
     return state
+
+
+def score_sample(model: CharModel, ids: np.ndarray, chars: int, **kw) -> Score:
+    """The score of an evenly spread sample of about ``chars`` targets of ``ids``: the
+    first ⌈chars / B⌉ targets of each of the B rows ``score_ids`` uses, each row
+    warmed up as there. With ``chars`` ≥ the targets of ``ids``, this is ``score_ids``."""
+    return score_ids(model, ids, row_limit=_row_limit(len(ids) - 1, chars, **kw), **kw)
+
+
+def _row_limit(
+    n_targets: int, chars: int | None, batch_size: int = EVAL_BATCH, min_row: int = EVAL_MIN_ROW, **_
+) -> int | None:
+    """Targets per row of a spread sample of ``chars`` targets; None: the whole rows."""
+    if chars is None or n_targets <= 0:
+        return None
+    B, L = row_layout(n_targets, batch_size, min_row)
+    limit = -(-chars // B)
+    return None if limit >= L else limit
+
+
+def scoring_steps(n_ids: int, chars: int | None = None, warmup: int = EVAL_WARMUP, **kw) -> int:
+    """Time steps of the batched passes that score ``n_ids`` ids (warm-up included),
+    or a spread sample of ``chars`` of their targets (``score_sample``): what a
+    scoring costs, in units of ``pass_step_seconds``."""
+    n_targets = n_ids - 1
+    if n_targets <= 0:
+        return 0
+    B, L = row_layout(n_targets, kw.get("batch_size", EVAL_BATCH), kw.get("min_row", EVAL_MIN_ROW))
+    limit = _row_limit(n_targets, chars, **kw)
+    W = min(warmup, L) if B > 1 else 0
+    return W + (L + n_targets - B * L if limit is None else limit)
+
+
+def pass_step_seconds(model: CharModel, batch_size: int = EVAL_BATCH, steps: int = EVAL_STEPS) -> float:
+    """Seconds a time step of a scoring pass takes now, timed on one pass of zeros
+    (after an untimed one that sets up the workspace)."""
+    x = np.zeros((steps, batch_size), np.int64)  # (T, B)
+    model.nll(x, x, model.zero_state(batch_size))
+    t0 = time.perf_counter()
+    model.nll(x, x, model.zero_state(batch_size))
+    return (time.perf_counter() - t0) / steps
 
 
 def score_ids(model: CharModel, ids: np.ndarray, unknown: int = 0, **kw) -> Score:
@@ -167,7 +235,7 @@ def score_sentences(
     sentences: Sequence[str],
     unknown: str = "error",
     batch_size: int = EVAL_BATCH,
-    seq_len: int = EVAL_SEQ,
+    steps: int = EVAL_STEPS,
 ) -> list[SentenceScore]:
     """Score each sentence on its own, as if it started a new line; results in input order.
 
@@ -189,7 +257,7 @@ def score_sentences(
     order = np.argsort(lengths, kind="stable")
     for g in range(0, len(order), batch_size):
         group = order[g : g + batch_size]
-        nats[group] = _group_nats(model, [encoded[i] for i in group], seq_len)
+        nats[group] = _group_nats(model, [encoded[i] for i in group], steps)
     return [
         SentenceScore(float(nats[i]), max(0, int(lengths[i]) - 1), dropped[i], text=text)
         for i, text in enumerate(sentences)
@@ -208,8 +276,8 @@ def _encode_sentences(vocab: Vocab, sentences: Sequence[str], unknown: str) -> t
         if enc.unknown:
             missing.update(enc.unknown)
             where.append(i + 1)
-        ids = enc.ids.astype(np.int64)
-        encoded.append(ids if start is None else np.concatenate(([start], ids)))
+        ids = enc.ids  # compact ids (cast to int64 a group at a time), so a long file of sentences stays small
+        encoded.append(ids if start is None else np.concatenate((np.array([start], ids.dtype), ids)))
         dropped.append(enc.unknown_count)
     if missing and unknown == "error":
         raise UnknownCharacters(missing, where)
@@ -223,7 +291,7 @@ def _encode_sentences(vocab: Vocab, sentences: Sequence[str], unknown: str) -> t
     return encoded, dropped
 
 
-def _group_nats(model: CharModel, group: list[np.ndarray], seq_len: int) -> np.ndarray:
+def _group_nats(model: CharModel, group: list[np.ndarray], steps: int) -> np.ndarray:
     """−log P of each id sequence of a batch (B,), its first id fed, not scored; padded at the end."""
     B = len(group)
     T = max(len(ids) for ids in group) - 1  # predicted positions of the longest
@@ -238,8 +306,8 @@ def _group_nats(model: CharModel, group: list[np.ndarray], seq_len: int) -> np.n
             x[:n, b], y[:n, b], keep[:n, b] = ids[:-1], ids[1:], 1.0
     state = model.zero_state(B)
     total = np.zeros(B)
-    for s in range(0, T, seq_len):
-        e = min(T, s + seq_len)
+    for s in range(0, T, steps):
+        e = min(T, s + steps)
         chunk, state = model.nll(x[s:e], y[s:e], state)  # (T', B)
         total += (chunk * keep[s:e]).sum(axis=0)
     return total

@@ -1,4 +1,4 @@
-"""Adam, clipping by global norm, and the learning-rate schedule.
+"""Adam, clipping by global norm, and the learning-rate schedules (in steps or in time).
 
 Every parameter lives in one flat array (see ``model.CharModel``), so each of
 these is a few whole-array NumPy operations per step.
@@ -84,3 +84,13 @@ def learning_rate(step: int, total: int, base: float, warmup: int, final_frac: f
         return base
     progress = min(1.0, (step - warmup) / (total - warmup))
     return base * (final_frac + (1.0 - final_frac) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def timed_learning_rate(step: int, progress: float, base: float, warmup: int, final_frac: float) -> float:
+    """Under a time budget: the linear warm-up over the first ``warmup`` steps times the
+    cosine decay from ``base`` to ``final_frac · base`` over ``progress`` ∈ [0, 1], the
+    fraction of the training time used (see ``charlm.budget``), so that whatever the
+    speed of the steps the last one has exactly ``final_frac · base``."""
+    warm = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+    p = min(1.0, max(0.0, progress))
+    return base * warm * (final_frac + (1.0 - final_frac) * 0.5 * (1.0 + math.cos(math.pi * p)))

@@ -52,7 +52,8 @@ def merge_settings(ckpt: checkpoint.Checkpoint, given: dict) -> tuple[TrainConfi
     * budget: none given → the stored one continues, so the learning-rate
       schedule goes on exactly; ``steps`` / ``epochs`` → new totals counted from
       the start of the run; ``minutes`` → minutes of additional training. Any
-      budget given replaces all stored ones;
+      budget given replaces all stored ones. Minutes count on the run's clock
+      (``TrainState.elapsed``), so the session ends M minutes after its start-up;
     * ``encoding`` / ``errors`` default to how the corpus was read before;
       ``normalize`` / ``keep_cr`` are the run's (its fingerprint's text form; raw
       for a checkpoint that records none), and a different value is refused.
@@ -109,11 +110,16 @@ def merge_settings(ckpt: checkpoint.Checkpoint, given: dict) -> tuple[TrainConfi
 
 
 def resume_run(
-    checkpoint_path: Path, corpus_path: Path, given: dict | None = None, callbacks: Callbacks | None = None
+    checkpoint_path: Path,
+    corpus_path: Path,
+    given: dict | None = None,
+    callbacks: Callbacks | None = None,
+    started: float | None = None,
 ) -> Trainer:
     """A Trainer that continues the run ``checkpoint_path`` belongs to, in its folder.
     ``given``: the settings given for this session, by field name (see ``merge_settings``).
-    The corpus must be the same text (sha256) with the same vocabulary."""
+    The corpus must be the same text (sha256) with the same vocabulary. ``started``:
+    as for ``build_trainer``, the session's start-up, from which its minutes count."""
     given = {k: v for k, v in (given or {}).items() if v is not None}
     if set(given) - set(RESUME_SETTINGS):
         raise ValueError(f"resume_run: unknown settings {sorted(set(given) - set(RESUME_SETTINGS))}")
@@ -128,12 +134,12 @@ def resume_run(
         )
     config, changed = merge_settings(ckpt, given)
     config.check()  # the model config is the stored one, as it was built
-    trainer = build_trainer(corpus_path, where.parent, ckpt.config, config, callbacks)
+    trainer = build_trainer(corpus_path, where.parent, ckpt.config, config, callbacks, started)
     check_same_text(trainer, ckpt, corpus_path)
     trainer.restore(ckpt)
     step, elapsed = state.step, state.elapsed
     if any(k in given for k in BUDGETS):
-        trainer.total_steps = trainer.planned_steps(elapsed / step if step else None)
+        trainer.total_steps = trainer.step_limit  # a budget in minutes is planned as the session goes
     check_budget_left(trainer, given, step, elapsed)
     trainer.notes = [f"resuming {where} at step {step:,} (epoch {step / trainer.stream.steps_per_epoch:.2f})"]
     trainer.changed = changed
@@ -167,7 +173,7 @@ def check_same_text(trainer: Trainer, ckpt: checkpoint.Checkpoint, corpus_path: 
 def check_budget_left(trainer: Trainer, given: dict, step: int, elapsed: float) -> None:
     """Refuse to resume a run whose budget is already used up."""
     config = trainer.config
-    done = trainer.total_steps is not None and step >= trainer.total_steps
+    done = trainer.total_steps is not None and step >= trainer.total_steps  # a timed run that ended: total = step
     if not (done or (config.minutes is not None and elapsed >= config.minutes * 60.0)):
         return
     epochs_done = step / trainer.stream.steps_per_epoch

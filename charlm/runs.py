@@ -217,6 +217,10 @@ class RunFolder:
         save(self.last)
         if improved:
             save(self.best)
+        self.log(record)
+
+    def log(self, record: dict) -> None:
+        """Append ``record`` to metrics.jsonl as one line."""
         try:
             with open(self.metrics, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")

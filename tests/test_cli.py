@@ -33,8 +33,9 @@ def test_train_sample_perplexity(tmp_path, small_corpus, monkeypatch):
     run = tmp_path / "runs" / "small"
     assert {p.name for p in run.iterdir()} == {"best.safetensors", "last.safetensors", "metrics.jsonl"}
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [rec["step"] for rec in lines] == [4, 6]
-    assert set(lines[0]) >= {"step", "chars", "train_loss", "val_loss", "lr", "chars_per_s", "elapsed"}
+    assert [rec["step"] for rec in lines] == [4, 6, 6]  # the last: the best weights on all the held-out text
+    assert set(lines[0]) >= {"step", "chars", "train_loss", "val_loss", "val_chars", "lr", "chars_per_s", "elapsed"}
+    assert set(lines[-1]) == {"step", "best_step", "best_val_loss", "val_chars", "elapsed"}
     assert "best validation loss" in r.stdout and "charlm sample --checkpoint" in r.stdout
     assert "step" in r.stderr  # progress on stderr, not stdout
     assert "step      4" not in r.stdout
@@ -71,7 +72,7 @@ def test_validation_loss_equals_perplexity_of_the_tail(tmp_path, small_corpus):
     r = train_tiny(tmp_path, small_corpus, steps=4)
     assert r.exit_code == 0, r.output
     run = tmp_path / "runs" / "small"
-    val = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["val_loss"]
+    val = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["best_val_loss"]
     text = small_corpus.read_text()
     tail = tmp_path / "tail.txt"
     tail.write_text(text[len(text) - int(round(len(text) * 0.1)) :])
@@ -89,7 +90,7 @@ def test_val_chars_validates_on_the_start_of_the_held_out_text(tmp_path, small_c
     held_out = int(round(len(small_corpus.read_text()) * 0.1))
     assert f"validating on 40 of the {held_out:,} held out (--val-chars)" in r.stderr
     run = tmp_path / "runs" / "small"
-    val = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["val_loss"]
+    val = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["best_val_loss"]
     text = small_corpus.read_text()
     head = tmp_path / "head.txt"
     head.write_text(text[len(text) - held_out :][:40])

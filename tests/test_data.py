@@ -70,11 +70,11 @@ def test_every_target_is_scored_exactly_once(n):
     rng = np.random.default_rng(n)
     model = CharModel(ModelConfig(vocab_size=5, embed=3, hidden=4, layers=1), dtype=np.float64)
     ids = rng.integers(0, 5, n).astype(np.uint16)
-    seen = np.concatenate([pos.ravel() for pos, _ in surprisal_chunks(model, ids, batch_size=8, seq_len=16)])
+    seen = np.concatenate([pos.ravel() for pos, _ in surprisal_chunks(model, ids, batch_size=8, min_row=16, steps=5)])
     assert sorted(seen.tolist()) == list(range(n - 1))
-    s = surprisal(model, ids, batch_size=8, seq_len=16)
+    s = surprisal(model, ids, batch_size=8, min_row=16, steps=5)
     assert s.shape == (n - 1,) and np.all(s > 0)
-    score = score_ids(model, ids, batch_size=8, seq_len=16)
+    score = score_ids(model, ids, batch_size=8, min_row=16, steps=5)
     assert score.chars == n - 1
     assert math.isclose(score.nats, s.sum())
     assert math.isclose(score.bits_per_char, score.nats_per_char / math.log(2))
@@ -86,9 +86,9 @@ def test_batched_scoring_warms_each_row_up_like_one_pass():
     rng = np.random.default_rng(7)
     model = CharModel(ModelConfig(vocab_size=5, embed=3, hidden=4, layers=2), dtype=np.float64)
     ids = rng.integers(0, 5, 4000).astype(np.uint16)
-    one_pass = surprisal(model, ids, batch_size=1, seq_len=64)
-    assert np.allclose(surprisal(model, ids, batch_size=8, seq_len=16), one_pass, rtol=0, atol=1e-9)
-    cold = surprisal(model, ids, batch_size=8, seq_len=16, warmup=0)  # each row from a zero state
+    one_pass = surprisal(model, ids, batch_size=1, steps=64)
+    assert np.allclose(surprisal(model, ids, batch_size=8, min_row=16, steps=5), one_pass, rtol=0, atol=1e-9)
+    cold = surprisal(model, ids, batch_size=8, min_row=16, warmup=0)  # each row from a zero state
     assert not np.allclose(cold, one_pass, rtol=0, atol=1e-6)
 
 
@@ -99,7 +99,7 @@ def test_single_row_scoring_matches_direct_nll():
     direct, _ = model.nll(
         ids[:-1].astype(np.int64).reshape(-1, 1), ids[1:].astype(np.int64).reshape(-1, 1), model.zero_state(1)
     )
-    assert np.allclose(surprisal(model, ids, batch_size=1, seq_len=7), direct.ravel())
+    assert np.allclose(surprisal(model, ids, batch_size=1, steps=7), direct.ravel())
 
 
 def test_perplexity_of_a_huge_loss_is_infinite_not_an_error():

@@ -87,8 +87,9 @@ def test_stopped_and_resumed_run_is_bit_identical(small_corpus, tmp_path, dropou
     assert resumed.rng.bit_generator.state == straight.rng.bit_generator.state
     assert resumed.best_val == straight.best_val and resumed.best_step == straight.best_step
     # the resumed run wrote into the same folder and continued its log
-    steps = [json.loads(x)["step"] for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [6, 12, 18, 24, 30, 36, 40]
+    lines = [json.loads(x) for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [6, 12, 18, 24, 30, 36, 40, 40]
+    assert "best_val_loss" in lines[-1]  # the end: the best weights on the whole held-out text
 
 
 SABOTAGE = {
@@ -161,7 +162,7 @@ def test_resume_drops_metrics_of_an_abandoned_future(small_corpus, tmp_path):
     trainer = resume_run(tmp_path / "run" / "last.safetensors", small_corpus)
     trainer.run()
     steps = [json.loads(x)["step"] for x in log.read_text().splitlines()]
-    assert steps == [6, 12, 18, 24, 30, 36, 40]
+    assert steps == [6, 12, 18, 24, 30, 36, 40, 40]  # the last: the whole held-out text
 
 
 # --------------------------------------------------------------------------- #

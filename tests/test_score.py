@@ -94,7 +94,7 @@ def test_batched_scoring_equals_one_sentence_at_a_time(overfit):
     rng = np.random.default_rng(0)
     chars = vocab.chars.replace("\n", "")
     sentences = ["".join(rng.choice(list(chars), n)) for n in (1, 2, 9, 3, 17, 5, 1, 11, 30, 4)]
-    together = score_sentences(model, vocab, sentences, batch_size=3, seq_len=4)  # groups and time chunks
+    together = score_sentences(model, vocab, sentences, batch_size=3, steps=4)  # groups and time chunks
     for s, got in zip(sentences, together, strict=True):
         (alone,) = score_sentences(model, vocab, [s], batch_size=1)
         assert got.text == s and got.chars == len(s)

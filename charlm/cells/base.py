@@ -117,18 +117,21 @@ def check_state_shape(a0: np.ndarray, B: int, H: int) -> None:
 
 
 class Workspace:
-    """Keeps one set of work arrays per (T, B) shape; a few shapes at most."""
+    """Keeps one set of work arrays per (T, B) shape, for the ``limit`` shapes used
+    last: two by default, a chunk's and that of a shorter last chunk, so that
+    scoring a long text never holds more (the arrays are (T, B, ·) each)."""
 
-    def __init__(self, limit: int = 4) -> None:
-        self._sets: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+    def __init__(self, limit: int = 2) -> None:
+        self._sets: dict[tuple[int, int], dict[str, np.ndarray]] = {}  # least recently used first
         self._limit = limit
 
     def get(self, key: tuple[int, int], make) -> dict[str, np.ndarray]:
-        ws = self._sets.get(key)
+        ws = self._sets.pop(key, None)
         if ws is None:
-            if len(self._sets) >= self._limit:
+            while len(self._sets) >= self._limit:
                 self._sets.pop(next(iter(self._sets)))
-            ws = self._sets[key] = make()
+            ws = make()
+        self._sets[key] = ws  # now the most recently used
         return ws
 
     def clear(self) -> None:

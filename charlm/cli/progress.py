@@ -34,6 +34,8 @@ class TrainingDisplay(Callbacks):
         held_out = f"{len(trainer.val_ids):,}"
         if len(trainer.val_ids) < trainer.held_out:
             held_out += f" of the {trainer.held_out:,} held out (--val-chars)"
+        if trainer.sample_chars < len(trainer.val_ids) - 1:
+            held_out = f"{trainer.sample_chars:,} spread over them during the run and on all {held_out} at the end"
         self.console.print(
             f"training a {m.config.layers}×{m.config.hidden} {m.config.cell.upper()} "
             f"({m.num_params:,} parameters, vocabulary {m.config.vocab_size}) on "
@@ -73,6 +75,17 @@ class TrainingDisplay(Callbacks):
             f"step {record['step']:>7,}  epoch {record['epoch']:6.2f}  train {record['train_loss']:.4f}  "
             f"val {record['val_loss']:.4f} nats/char  lr {record['lr']:.2e}  "
             f"{record['chars_per_s']:,.0f} chars/s  {record['elapsed']:.0f}s"
+        )
+        if self.bar is not None:
+            self.bar.write(line, file=self.console.file)
+        else:
+            self.console.print(line)
+
+    def on_final(self, trainer: Trainer, record: dict) -> None:
+        line = (
+            f"step {record['step']:>7,}  best weights (step {record['best_step']:,}) on all "
+            f"{len(trainer.val_ids):,} held-out characters: val {record['best_val_loss']:.4f} nats/char  "
+            f"{record['elapsed']:.0f}s"
         )
         if self.bar is not None:
             self.bar.write(line, file=self.console.file)

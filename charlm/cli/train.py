@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -171,18 +173,37 @@ def train(
         normalize=normalize,
         keep_cr=keep_cr,
     )
+    started = _process_started()  # --minutes counts from here, the command's start-up
     path, stem = resolve(corpus)
     if resume is not None:
-        trainer = _resume(ctx, resume, name, out_dir, path)
+        trainer = _resume(ctx, resume, name, out_dir, path, started)
     else:
-        trainer = _new_run(path, stem, name, out_dir, model_config, config)
+        trainer = _new_run(path, stem, name, out_dir, model_config, config, started)
     warn_threads_over_cores(threads)
     summary = trainer.run()
     _report_training(summary, corpus)
 
 
+def _process_started() -> float:
+    """``time.perf_counter()`` at this process's start (Linux: from /proc; elsewhere: now)."""
+    now = time.perf_counter()
+    try:
+        with open("/proc/self/stat", encoding="ascii") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: start time, clock ticks after boot
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return now
+    return now - min(max(age, 0.0), 60.0)  # a sane age: start-up takes seconds, not minutes
+
+
 def _new_run(
-    path: Path, stem: str, name: str | None, out_dir: Path, model_config: ModelConfig, config: TrainConfig
+    path: Path,
+    stem: str,
+    name: str | None,
+    out_dir: Path,
+    model_config: ModelConfig,
+    config: TrainConfig,
+    started: float,
 ) -> Trainer:
     """The Trainer of a new run in OUT/NAME; with no budget given, DEFAULT_MINUTES."""
     from dataclasses import replace
@@ -204,10 +225,10 @@ def _new_run(
             f"or continue that run with --resume {run_dir}."
         )
     display = TrainingDisplay(err, show_reading=sys.stderr.isatty(), notices=True)
-    return prepare_run(path, run_dir, model_config, config, display)
+    return prepare_run(path, run_dir, model_config, config, display, started)
 
 
-def _resume(ctx: typer.Context, resume: str, name: str | None, out_dir: Path, path: Path) -> Trainer:
+def _resume(ctx: typer.Context, resume: str, name: str | None, out_dir: Path, path: Path, started: float) -> Trainer:
     """The Trainer for ``train --resume``: the options given on the command line are passed on."""
     from charlm.cli.progress import TrainingDisplay
     from charlm.resume import RESUME_SETTINGS, resume_run
@@ -217,7 +238,7 @@ def _resume(ctx: typer.Context, resume: str, name: str | None, out_dir: Path, pa
         raise UsageError("--name cannot be combined with --resume: a resumed run continues in its own folder.")
     given = {k: ctx.params[k] for k in RESUME_SETTINGS if ctx.get_parameter_source(k).name != "DEFAULT"}
     target = resume_checkpoint(Path(resume) if resume else None, out_dir)
-    trainer = resume_run(target, path, given, callbacks=TrainingDisplay(err))
+    trainer = resume_run(target, path, given, callbacks=TrainingDisplay(err), started=started)
     for note in trainer.notes:
         err.print(note, markup=False)
     for setting, (stored, new) in trainer.changed.items():
@@ -227,27 +248,23 @@ def _resume(ctx: typer.Context, resume: str, name: str | None, out_dir: Path, pa
 
 def _report_training(summary, corpus: str) -> None:
     """The end-of-run summary on stdout; after a signal, the resume command on stderr and exit 128 + signal."""
-    from charlm.report import perplexity_text
+    from charlm.report import human_duration, perplexity_text
 
     if summary.interrupted is not None:
         command = f"charlm train {shlex.quote(corpus)} --resume {shlex.quote(str(summary.run_dir))}"
         err.print(f"interrupted at step {summary.steps}; resume with: {command}", markup=False)
         raise typer.Exit(128 + summary.interrupted)
     best = summary.run_dir / "best.safetensors"
+    on = f" on all {summary.val_chars:,} held-out characters" if summary.val_chars else ""
     out.print(
         f"best validation loss {summary.best_val:.4f} nats/char ({summary.best_val_bits:.4f} bits/char, "
-        f"perplexity {perplexity_text(summary.best_val)}) at step {summary.best_step:,}"
+        f"perplexity {perplexity_text(summary.best_val)}) at step {summary.best_step:,}{on}"
     )
+    share = summary.train_seconds / summary.elapsed if summary.elapsed > 0 else 0.0
     out.print(
         f"trained {summary.steps:,} step{'' if summary.steps == 1 else 's'} ({summary.chars_seen / 1e6:.1f}M characters) in "
-        f"{_duration(summary.elapsed)}; {summary.chars_seen / max(summary.train_seconds, 1e-9):,.0f} chars/s "
-        "in training steps"
+        f"{human_duration(summary.elapsed)}, {share:.0%} of it in training steps at "
+        f"{summary.chars_seen / max(summary.train_seconds, 1e-9):,.0f} chars/s"
     )
     out.print(f"checkpoint: {best}")
     out.print(f"sample from it: charlm sample --checkpoint {best}")
-
-
-def _duration(seconds: float) -> str:
-    m, s = divmod(int(round(seconds)), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
