@@ -17,7 +17,10 @@ from typer._click import exceptions as click_errors  # Typer ≥ 0.26 carries it
 from charlm.cli import train  # noqa: F401  (each import registers its commands, in help order)
 
 # isort: split
-from charlm.cli import generate, inspect  # noqa: F401
+from charlm.cli import generate, scoring  # noqa: F401
+
+# isort: split
+from charlm.cli import inspect  # noqa: F401
 from charlm.cli.common import app, err, out
 
 __all__ = ["app", "main", "package_version", "run"]
