@@ -21,8 +21,9 @@ from charlm import checkpoint
 from charlm.cli import app
 from charlm.config import ModelConfig, TrainConfig
 from charlm.errors import CheckpointError, CorpusError, TrainingDiverged, UsageError
+from charlm.prepare import prepare_run
 from charlm.resume import resume_run
-from charlm.train import Callbacks, prepare_run
+from charlm.train import Callbacks
 from tests.conftest import SMALL_TEXT
 
 runner = CliRunner()

@@ -14,7 +14,7 @@ from charlm.cells.base import Workspace
 from charlm.config import ModelConfig, TrainConfig
 from charlm.evaluate import Score, row_layout, score_ids, score_sample, scoring_steps, surprisal_chunks
 from charlm.model import CharModel
-from charlm.train import prepare_run
+from charlm.prepare import prepare_run
 
 
 def tiny_model(layers: int = 2) -> CharModel:
