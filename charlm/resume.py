@@ -17,7 +17,8 @@ from charlm import checkpoint
 from charlm.config import TrainConfig
 from charlm.corpus import text_form
 from charlm.errors import CheckpointError, CorpusError, UsageError
-from charlm.train import Callbacks, Trainer, build_trainer
+from charlm.prepare import build_trainer
+from charlm.train import Callbacks, Trainer
 
 # Settings a resumed run keeps from its checkpoint (a different value is refused) …
 FIXED_ON_RESUME = (

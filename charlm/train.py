@@ -7,14 +7,9 @@ object, and the CLI attaches a display. One step is
     ‖grads‖ clipped to ``clip``;  Adam step with the scheduled learning rate
     state ← final state of the chunk (gradients do not flow across chunks)
 
-Every ``eval_every`` steps a fixed sample of the held-out text (``VAL_SAMPLE``
-characters spread over it, see ``evaluate.score_sample``) is scored and the
-run folder records it (``charlm.runs.RunFolder``: ``last.safetensors``,
-``best.safetensors`` if validation improved, then a ``metrics.jsonl`` line).
-When the budget is used up, the final weights are validated on the sample if
-they were not yet, and the best weights once on the whole held-out text (up to
-``val_chars``): that figure is the run's ``best_val``, in the summary and in
-both checkpoints.
+Every ``eval_every`` steps, and once more at the end, the Trainer's
+``charlm.validation.Validation`` scores the held-out text and records it in the
+run folder, best checkpoint included.
 
 Budget: a budget in steps or epochs fixes the schedule's length in steps. A budget in
 minutes covers the whole run, start-up to exit; ``charlm.budget`` decides when
@@ -36,26 +31,25 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from charlm import checkpoint
 from charlm.budget import RunClock, TimeBudget
-from charlm.config import ModelConfig, TrainConfig, TrainState
-from charlm.corpus import Corpus, load_corpus
+from charlm.config import TrainConfig, TrainState
+from charlm.corpus import Corpus
 from charlm.data import BatchStream
 from charlm.errors import CharlmError, CheckpointError, TrainingDiverged
-from charlm.evaluate import Score, pass_step_seconds, score_ids, score_sample, scoring_steps
+from charlm.evaluate import pass_step_seconds, scoring_steps
 from charlm.model import CharModel
 from charlm.optim import Adam, clip_grad_norm_, learning_rate, timed_learning_rate
 from charlm.parallel import DataParallel, default_workers
 from charlm.runs import RunFolder
 from charlm.signals import signals_call
+from charlm.validation import Validation
 from charlm.vocab import Vocab
-
-VAL_SAMPLE = 16_384  # held-out characters validated during a run, spread over the held-out text
 
 
 class Callbacks:
@@ -120,10 +114,7 @@ class Trainer:
         self.corpus = corpus.fingerprint()
         self.callbacks = callbacks or Callbacks()
         self.stream = BatchStream(corpus.train_ids, config.batch_size, config.seq_len)
-        val_ids = corpus.val_ids
-        self.held_out = len(val_ids)  # characters held out; validation reads the first val_chars of them
-        self.val_ids = val_ids[: config.val_chars] if config.val_chars else val_ids
-        self.sample_chars = min(VAL_SAMPLE, max(0, len(self.val_ids) - 1))  # targets validated during the run
+        self.validation = Validation(self, corpus.val_ids)  # the held-out text, the best validation so far
         self.optimizer = Adam(model.num_params, model.dtype)
         workers = config.threads or default_workers(config.batch_size)
         self.stepper = DataParallel(model, workers)  # loss_and_grads over row blocks on the cores
@@ -132,9 +123,6 @@ class Trainer:
         self.step = 0  # optimizer steps taken
         self.position = 0  # next chunk within the epoch
         self.epoch = 0
-        self.best_val = math.inf  # the run's figure: whole held-out text once ended, else the sample's
-        self.best_sample = math.inf  # best validation on the sample, what each validation is compared with
-        self.best_step = 0
         self.elapsed = 0.0  # run clock: seconds since the run started, validations and saves included
         self.train_seconds = 0.0  # seconds in training steps only
         self.step_limit = self.planned_steps()  # the steps or epochs budget, in steps (None: minutes only)
@@ -142,13 +130,11 @@ class Trainer:
         self.budget: TimeBudget | None = None  # the plan of a budget in minutes, made by run()
         self.clock = RunClock(0.0, self.started)  # run() sets the session's clock
         self.history: list[dict] = []  # metrics records of this session
-        self.val_curve: list[list[float]] = []  # [step, val loss] of every validation of the run
         self.lr = 0.0
         self.stop_signal: int | None = None  # set by SIGINT/SIGTERM or request_stop()
         self.saved_step: int | None = None  # step of the newest last.safetensors written
         self.notes: list[str] = []  # what resuming decided, for the CLI to show
         self.changed: dict[str, tuple] = {}  # setting → (stored, new) that resuming changed
-        self.final_chars = 0  # held-out characters the final validation read (0: not run)
 
     # -- budget --------------------------------------------------------------------
 
@@ -199,9 +185,12 @@ class Trainer:
         c = self.config
         if c.minutes is None:
             return None
-        n = len(self.val_ids)
+        n = len(self.validation.val_ids)
         budget = TimeBudget(
-            c.minutes * 60.0, self.clock, scoring_steps(n, self.sample_chars), scoring_steps(n) if n > 1 else 0
+            c.minutes * 60.0,
+            self.clock,
+            scoring_steps(n, self.validation.sample_chars),
+            scoring_steps(n) if n > 1 else 0,
         )
         if n > 1:
             budget.note_validation(pass_step_seconds(self.model), 1)
@@ -236,7 +225,7 @@ class Trainer:
                 budget.note_step(time.perf_counter() - t0)
             if self.step % c.eval_every == 0:
                 rate = window_steps * self.chars_per_step / max(time.perf_counter() - window_t, 1e-9)
-                self.evaluate(window_loss / window_steps, rate)
+                self.validation.evaluate(window_loss / window_steps, rate)
                 window_loss, window_steps, window_t = 0.0, 0, time.perf_counter()
             if last:
                 break
@@ -247,28 +236,29 @@ class Trainer:
         else:
             if window_steps or not self.history:
                 rate = window_steps * self.chars_per_step / max(time.perf_counter() - window_t, 1e-9)
-                self.evaluate(window_loss / max(window_steps, 1) if window_steps else loss, rate)
-            self.validate_whole()
+                self.validation.evaluate(window_loss / max(window_steps, 1) if window_steps else loss, rate)
+            self.validation.validate_whole()
         summary = self._summary()
         self.callbacks.on_end(self, summary)
         return summary
 
     def _summary(self) -> TrainSummary:
+        v = self.validation
         return TrainSummary(
             self.run_dir,
             self.step,
             self.step * self.chars_per_step,
             self.elapsed,
             self.train_seconds,
-            self.best_val,
-            self.best_step,
+            v.best_val,
+            v.best_step,
             self.history[-1]["train_loss"] if self.history else math.nan,
             self.history,
             self.stop_signal,
-            self.final_chars,
+            v.final_chars,
         )
 
-    def _diverged(self, what: str, step: int) -> TrainingDiverged:
+    def diverged(self, what: str, step: int) -> TrainingDiverged:
         """The one-line report of a numerical blow-up: what, when, what survives, what to try."""
         c = self.config
         advice = f"try a lower learning rate (now {c.lr:g}) or a lower clipping norm (now {c.clip:g})"
@@ -302,7 +292,7 @@ class Trainer:
         norm = clip_grad_norm_(self.model.grad_flat, c.clip)
         if not (math.isfinite(loss) and math.isfinite(norm)):
             what = "the training loss" if not math.isfinite(loss) else "the gradient norm"
-            raise self._diverged(f"{what} is not finite", self.step + 1)
+            raise self.diverged(f"{what} is not finite", self.step + 1)
         if progress is None:
             total = self.total_steps if self.total_steps is not None else self.step + 1
             self.lr = learning_rate(self.step, total, c.lr, c.warmup, c.final_lr_frac)
@@ -318,128 +308,32 @@ class Trainer:
         self.train_seconds += time.perf_counter() - t0
         return loss
 
-    def _validate(self, whole: bool) -> Score | None:
-        """The score of the held-out sample (or of all of it), None without held-out text;
-        the time it took goes into the budget's plan."""
-        n = len(self.val_ids)
-        if n <= 1:
-            return None
-        t0 = time.perf_counter()
-        score = score_ids(self.model, self.val_ids) if whole else score_sample(self.model, self.val_ids, VAL_SAMPLE)
-        if not math.isfinite(score.nats_per_char):
-            raise self._diverged("the validation loss is not finite", self.step)
-        if self.budget is not None:
-            self.budget.note_validation(time.perf_counter() - t0, scoring_steps(n, None if whole else VAL_SAMPLE))
-        return score
-
-    def evaluate(self, train_loss: float, chars_per_s: float) -> dict:
-        """Validate on the held-out sample and record it: metrics line, last.safetensors,
-        best.safetensors if the sample's loss improved."""
-        score = self._validate(whole=False)
-        val = math.nan if score is None else score.nats_per_char
-        self.elapsed = self.clock()
-        record = {
-            "step": self.step,
-            "epoch": round(self.step / self.stream.steps_per_epoch, 4),
-            "chars": self.step * self.chars_per_step,
-            "train_loss": round(train_loss, 6),
-            "val_loss": round(val, 6),
-            "val_chars": 0 if score is None else score.chars,
-            "lr": self.lr,
-            "chars_per_s": round(chars_per_s, 1),
-            "elapsed": round(self.elapsed, 2),
-        }
-        self.history.append(record)
-        self.val_curve.append([self.step, round(val, 5)])
-        # With no held-out text (val is NaN) the newest weights are the best we know.
-        improved = math.isnan(val) or val < self.best_sample
-        if improved and not math.isnan(val):
-            self.best_sample = self.best_val = val
-        if improved:
-            self.best_step = self.step
-        self.folder.record(self.save, record, improved)
-        self.callbacks.on_eval(self, record)
-        return record
-
-    def validate_whole(self) -> dict | None:
-        """The end of a run: validate the best weights (those of best.safetensors) on all
-        the held-out text, make that the run's best_val, and write it into best.safetensors,
-        last.safetensors and a last metrics line (with best_step, best_val_loss, val_chars)."""
-        if self.budget is not None:
-            self.total_steps = self.step  # the schedule has run to its end
-        if len(self.val_ids) <= 1:
-            self.elapsed = self.clock()
-            return None
-        if not self.folder.best.is_file():  # removed by hand: the final weights are the best there are
-            self.best_step = self.step
-        earlier = self.best_step != self.step
-        if earlier:  # the best weights are those of an earlier validation: score them, then go back
-            best = checkpoint.load(self.folder.best)
-            current = self.model.flat.copy()
-            self.model.load_params(best.params)
-        try:
-            score = self._validate(whole=True)
-        finally:
-            if earlier:
-                self.model.flat[...] = current
-        assert score is not None
-        self.best_val = score.nats_per_char
-        self.final_chars = len(self.val_ids)
-        self.elapsed = self.clock()
-        record = {
-            "step": self.step,
-            "best_step": self.best_step,
-            "best_val_loss": round(self.best_val, 6),
-            "val_chars": score.chars,
-            "elapsed": round(self.elapsed, 2),
-        }
-        if earlier:
-            self._rewrite_best(best)
-        else:
-            self.save(self.folder.best)
-        self.save(self.folder.last)
-        self.folder.log(record)
-        self.callbacks.on_final(self, record)
-        return record
-
-    def _rewrite_best(self, best: checkpoint.Checkpoint) -> None:
-        """best.safetensors again, as it was but with the whole held-out text's best_val."""
-        state = replace(best.state, best_val=self.best_val, best_sample_val=self.best_sample)
-        current = self.model.flat.copy()
-        self.model.load_params(best.params)
-        try:
-            t0 = time.perf_counter()
-            checkpoint.save(self.folder.best, self.model, self.vocab, state, self.corpus, best.extra)
-            if self.budget is not None:
-                self.budget.note_save(time.perf_counter() - t0)
-        finally:
-            self.model.flat[...] = current
-
     # -- checkpoints -------------------------------------------------------------------
 
     def train_state(self) -> TrainState:
+        v = self.validation
         return TrainState(
             step=self.step,
             epoch=self.epoch,
             position=self.position,
             total_steps=self.total_steps,
-            best_val=self.best_val if math.isfinite(self.best_val) else None,
-            best_step=self.best_step,
-            best_sample_val=self.best_sample if math.isfinite(self.best_sample) else None,
+            best_val=v.best_val if math.isfinite(v.best_val) else None,
+            best_step=v.best_step,
+            best_sample_val=v.best_sample if math.isfinite(v.best_sample) else None,
             chars_seen=self.step * self.chars_per_step,
             elapsed=self.elapsed,
             train_seconds=self.train_seconds,
             adam_t=self.optimizer.t,
             rng=self.rng.bit_generator.state,
             config=self.config,
-            val_curve=self.val_curve,
+            val_curve=v.val_curve,
         )
 
     def save(self, path: Path) -> None:
         """Write a resumable checkpoint (atomically). Refuses non-finite weights, so a
         blow-up can never replace the last good checkpoint."""
         if not (np.isfinite(self.model.flat).all() and np.isfinite(self.optimizer.v).all()):
-            raise self._diverged("the weights are no longer finite numbers", self.step)
+            raise self.diverged("the weights are no longer finite numbers", self.step)
         t0 = time.perf_counter()
         extra = {"optimizer.exp_avg": self.optimizer.m, "optimizer.exp_avg_sq": self.optimizer.v}
         for layer, parts in enumerate(self.state):
@@ -479,56 +373,13 @@ class Trainer:
         self.state = state
         self.step, self.epoch, self.position = t.step, t.epoch, t.position
         self.total_steps = t.total_steps
-        self.best_val = math.inf if t.best_val is None else float(t.best_val)
+        val = self.validation
+        val.best_val = math.inf if t.best_val is None else float(t.best_val)
         # written before the sample existed: its best validation was the one compared with
         sample = t.best_sample_val if t.best_sample_val is not None else t.best_val
-        self.best_sample = math.inf if sample is None else float(sample)
-        self.best_step = t.best_step
+        val.best_sample = math.inf if sample is None else float(sample)
+        val.best_step = t.best_step
         self.elapsed, self.train_seconds = float(t.elapsed), float(t.train_seconds)
-        self.val_curve = [[s, v] for s, v in t.val_curve if s <= t.step]
+        val.val_curve = [[s, v] for s, v in t.val_curve if s <= t.step]
         if where is not None and where.name == "last.safetensors" and where.parent == self.run_dir:
             self.saved_step = t.step
-
-
-def new_model(config: ModelConfig, vocab: Vocab, seed: int) -> CharModel:
-    """A freshly initialised model of ``config``'s shape for ``vocab``'s characters."""
-    return CharModel(replace(config, vocab_size=len(vocab)), seed=seed)
-
-
-def prepare_run(
-    corpus_path: Path,
-    run_dir: Path,
-    model_config: ModelConfig,
-    config: TrainConfig,
-    callbacks: Callbacks | None = None,
-    started: float | None = None,
-) -> Trainer:
-    """Check both configs, read and check a corpus, build the vocabulary and model,
-    and return a Trainer (see ``build_trainer``)."""
-    model_config.check()
-    config.check()
-    return build_trainer(corpus_path, run_dir, model_config, config, callbacks, started)
-
-
-def build_trainer(
-    corpus_path: Path,
-    run_dir: Path,
-    model_config: ModelConfig,
-    config: TrainConfig,
-    callbacks: Callbacks | None = None,
-    started: float | None = None,
-) -> Trainer:
-    """A Trainer for a new model of ``model_config``'s shape on the corpus at ``corpus_path``.
-
-    Everything that can be wrong with the input is found here, before the run
-    folder is created. The corpus is streamed, never held as one string (see
-    ``corpus.load_corpus``); ``callbacks`` may ask for progress bars while it is
-    read and receives one-line notices. ``started``: ``time.perf_counter()`` at the
-    session's start-up, from which a budget in minutes counts (default: now, before
-    the corpus is read).
-    """
-    started = time.perf_counter() if started is None else started
-    callbacks = callbacks or Callbacks()
-    corpus = load_corpus(Path(corpus_path), config, progress=callbacks.show_reading, report=callbacks.on_notice)
-    model = new_model(model_config, corpus.vocab, config.seed)
-    return Trainer(model, corpus, config, run_dir, callbacks, started)

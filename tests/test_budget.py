@@ -21,7 +21,8 @@ import pytest
 from charlm.budget import EXIT_SECONDS, TimeBudget
 from charlm.config import ModelConfig, TrainConfig
 from charlm.optim import learning_rate, timed_learning_rate
-from charlm.train import Callbacks, prepare_run
+from charlm.prepare import prepare_run
+from charlm.train import Callbacks
 from tests.conftest import SMALL_TEXT
 
 # --------------------------------------------------------------------------- #

@@ -21,8 +21,9 @@ from charlm import checkpoint
 from charlm.cli import app
 from charlm.config import ModelConfig, TrainConfig
 from charlm.errors import CheckpointError, CorpusError, TrainingDiverged, UsageError
+from charlm.prepare import prepare_run
 from charlm.resume import resume_run
-from charlm.train import Callbacks, prepare_run
+from charlm.train import Callbacks
 from tests.conftest import SMALL_TEXT
 
 runner = CliRunner()
@@ -85,7 +86,8 @@ def test_stopped_and_resumed_run_is_bit_identical(small_corpus, tmp_path, dropou
     for a, b in zip(resumed.state, straight.state, strict=True):
         assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     assert resumed.rng.bit_generator.state == straight.rng.bit_generator.state
-    assert resumed.best_val == straight.best_val and resumed.best_step == straight.best_step
+    assert resumed.validation.best_val == straight.validation.best_val
+    assert resumed.validation.best_step == straight.validation.best_step
     # the resumed run wrote into the same folder and continued its log
     lines = [json.loads(x) for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [6, 12, 18, 24, 30, 36, 40, 40]

@@ -26,8 +26,8 @@ from charlm.corpus import load_corpus, min_corpus_chars
 from charlm.data import encode_stream, split_text
 from charlm.errors import CorpusError
 from charlm.evaluate import score_ids
+from charlm.prepare import prepare_run
 from charlm.text import decode_bytes, iter_text
-from charlm.train import prepare_run
 from charlm.vocab import Vocab
 from tests.conftest import SMALL_TEXT
 

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 
 import charlm.train
+import charlm.validation
 from charlm import checkpoint
 from charlm.cells.base import Workspace
 from charlm.config import ModelConfig, TrainConfig
 from charlm.evaluate import Score, row_layout, score_ids, score_sample, scoring_steps, surprisal_chunks
 from charlm.model import CharModel
-from charlm.train import prepare_run
+from charlm.prepare import prepare_run
 
 
 def tiny_model(layers: int = 2) -> CharModel:
@@ -69,7 +70,7 @@ class FakeSample:
 
 
 def test_the_end_scores_the_best_weights_on_all_the_held_out_text(small_corpus, tmp_path, monkeypatch):
-    monkeypatch.setattr(charlm.train, "score_sample", FakeSample([3.0, 2.0, 2.5]))
+    monkeypatch.setattr(charlm.validation, "score_sample", FakeSample([3.0, 2.0, 2.5]))
     cfg = TrainConfig(batch_size=4, seq_len=16, steps=12, eval_every=4, threads=1, seed=1)
     trainer = prepare_run(small_corpus, tmp_path / "run", ModelConfig(hidden=8, embed=4, layers=1), cfg)
     best_before = None
@@ -84,10 +85,10 @@ def test_the_end_scores_the_best_weights_on_all_the_held_out_text(small_corpus, 
     summary = trainer.run()
     best = checkpoint.load(tmp_path / "run" / "best.safetensors")
     last = checkpoint.load(tmp_path / "run" / "last.safetensors")
-    whole = score_ids(best.build_model(), trainer.val_ids)
+    whole = score_ids(best.build_model(), trainer.validation.val_ids)
     assert summary.best_step == 8 and best.state.step == 8 and last.state.step == 12
     assert all(np.array_equal(best.params[n], best_before[n]) for n in best.params)  # the same weights, rewritten
     assert best.state.best_val == last.state.best_val == summary.best_val == pytest.approx(whole.nats_per_char)
     assert best.state.best_sample_val == last.state.best_sample_val == 2.0  # what a resumed run compares with
-    assert summary.val_chars == len(trainer.val_ids)
+    assert summary.val_chars == len(trainer.validation.val_ids)
     assert all(np.array_equal(last.params[n], trainer.model.params[n]) for n in last.params)  # final weights back

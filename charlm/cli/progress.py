@@ -31,11 +31,12 @@ class TrainingDisplay(Callbacks):
             budget.append(f"{c.epochs:g} epochs")
         if c.minutes is not None:
             budget.append(f"{c.minutes:g} minutes")
-        held_out = f"{len(trainer.val_ids):,}"
-        if len(trainer.val_ids) < trainer.held_out:
-            held_out += f" of the {trainer.held_out:,} held out (--val-chars)"
-        if trainer.sample_chars < len(trainer.val_ids) - 1:
-            held_out = f"{trainer.sample_chars:,} spread over them during the run and on all {held_out} at the end"
+        v = trainer.validation
+        held_out = f"{len(v.val_ids):,}"
+        if len(v.val_ids) < v.held_out:
+            held_out += f" of the {v.held_out:,} held out (--val-chars)"
+        if v.sample_chars < len(v.val_ids) - 1:
+            held_out = f"{v.sample_chars:,} spread over them during the run and on all {held_out} at the end"
         self.console.print(
             f"training a {m.config.layers}×{m.config.hidden} {m.config.cell.upper()} "
             f"({m.num_params:,} parameters, vocabulary {m.config.vocab_size}) on "
@@ -84,7 +85,7 @@ class TrainingDisplay(Callbacks):
     def on_final(self, trainer: Trainer, record: dict) -> None:
         line = (
             f"step {record['step']:>7,}  best weights (step {record['best_step']:,}) on all "
-            f"{len(trainer.val_ids):,} held-out characters: val {record['best_val_loss']:.4f} nats/char  "
+            f"{len(trainer.validation.val_ids):,} held-out characters: val {record['best_val_loss']:.4f} nats/char  "
             f"{record['elapsed']:.0f}s"
         )
         if self.bar is not None:

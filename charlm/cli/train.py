@@ -209,8 +209,8 @@ def _new_run(
     from dataclasses import replace
 
     from charlm.cli.progress import TrainingDisplay
+    from charlm.prepare import prepare_run
     from charlm.runs import new_run_dir
-    from charlm.train import prepare_run
 
     model_config.check()
     config.check()

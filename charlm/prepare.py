@@ -1,0 +1,61 @@
+"""Building a run's Trainer: the settings checked, the corpus read and checked, a fresh model.
+
+``prepare_run`` starts a new run; ``charlm.resume`` builds on ``build_trainer``
+and then restores the checkpoint into it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from charlm.config import ModelConfig, TrainConfig
+from charlm.corpus import load_corpus
+from charlm.model import CharModel
+from charlm.train import Callbacks, Trainer
+from charlm.vocab import Vocab
+
+
+def new_model(config: ModelConfig, vocab: Vocab, seed: int) -> CharModel:
+    """A freshly initialised model of ``config``'s shape for ``vocab``'s characters."""
+    return CharModel(replace(config, vocab_size=len(vocab)), seed=seed)
+
+
+def prepare_run(
+    corpus_path: Path,
+    run_dir: Path,
+    model_config: ModelConfig,
+    config: TrainConfig,
+    callbacks: Callbacks | None = None,
+    started: float | None = None,
+) -> Trainer:
+    """Check both configs, read and check a corpus, build the vocabulary and model,
+    and return a Trainer (see ``build_trainer``)."""
+    model_config.check()
+    config.check()
+    return build_trainer(corpus_path, run_dir, model_config, config, callbacks, started)
+
+
+def build_trainer(
+    corpus_path: Path,
+    run_dir: Path,
+    model_config: ModelConfig,
+    config: TrainConfig,
+    callbacks: Callbacks | None = None,
+    started: float | None = None,
+) -> Trainer:
+    """A Trainer for a new model of ``model_config``'s shape on the corpus at ``corpus_path``.
+
+    Everything that can be wrong with the input is found here, before the run
+    folder is created. The corpus is streamed, never held as one string (see
+    ``corpus.load_corpus``); ``callbacks`` may ask for progress bars while it is
+    read and receives one-line notices. ``started``: ``time.perf_counter()`` at the
+    session's start-up, from which a budget in minutes counts (default: now, before
+    the corpus is read).
+    """
+    started = time.perf_counter() if started is None else started
+    callbacks = callbacks or Callbacks()
+    corpus = load_corpus(Path(corpus_path), config, progress=callbacks.show_reading, report=callbacks.on_notice)
+    model = new_model(model_config, corpus.vocab, config.seed)
+    return Trainer(model, corpus, config, run_dir, callbacks, started)
