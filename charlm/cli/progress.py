@@ -77,6 +77,10 @@ class TrainingDisplay(Callbacks):
             f"val {record['val_loss']:.4f} nats/char  lr {record['lr']:.2e}  "
             f"{record['chars_per_s']:,.0f} chars/s  {record['elapsed']:.0f}s"
         )
+        self._say(line)
+
+    def _say(self, line: str) -> None:
+        """A line above the progress bar, or on its own without one."""
         if self.bar is not None:
             self.bar.write(line, file=self.console.file)
         else:
@@ -88,10 +92,7 @@ class TrainingDisplay(Callbacks):
             f"{len(trainer.validation.val_ids):,} held-out characters: val {record['best_val_loss']:.4f} nats/char  "
             f"{record['elapsed']:.0f}s"
         )
-        if self.bar is not None:
-            self.bar.write(line, file=self.console.file)
-        else:
-            self.console.print(line)
+        self._say(line)
 
     def on_end(self, trainer: Trainer, summary: TrainSummary) -> None:
         if self.bar is not None:
