@@ -225,6 +225,9 @@ def check_unknown_policy(policy: str, setting: str = "unknown") -> None:
         raise ConfigError(setting, f"must be 'error' or 'skip', not {policy!r}.")
 
 
+MAX_SAMPLE_LENGTH = 10**15  # characters per sample: far more than any run produces, well inside int64 counters
+
+
 @dataclass(frozen=True)
 class SampleConfig:
     """How text is drawn from a model (see charlm.sample); ``check`` says what cannot work.
@@ -232,7 +235,7 @@ class SampleConfig:
     Greedy decoding is temperature 0: the argmax, the same text for every seed.
     """
 
-    length: int = 200  # characters generated per sample, not counting the prime
+    length: int = 200  # characters generated per sample, not counting the prime; at most MAX_SAMPLE_LENGTH
     temperature: float = 1.0  # τ: logits are divided by it before the softmax; 0 takes the argmax
     top_k: int | None = None  # draw only from the k most likely characters (None: no cut)
     top_p: float | None = None  # nucleus: the smallest set of most likely characters with mass ≥ p (None: no cut)
@@ -262,6 +265,12 @@ class SampleConfig:
             )
         if self.length < 0:
             raise ConfigError("length", f"must be 0 or more (got {self.length}).")
+        if self.length > MAX_SAMPLE_LENGTH:
+            raise ConfigError(
+                "length",
+                f"must be at most 10^15 (got {self.length}): at thousands of characters a second "
+                "that is already millennia of text.",
+            )
         if self.num_samples < 1:
             raise ConfigError("num_samples", f"must be at least 1 (got {self.num_samples}).")
         check_unknown_policy(self.unknown)

@@ -15,6 +15,7 @@ the per-character loop calls NumPy a fixed, small number of times.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 
 import numpy as np
@@ -27,6 +28,7 @@ from charlm.vocab import Vocab
 WARMUP_CHARS = 256  # unprinted characters of its own that an unprompted sampler reads first
 WARMUP_SEED = 0  # the same warm-up for every seed: the seed only chooses the printed text
 WARMUP = SampleConfig(temperature=1.0, seed=WARMUP_SEED)  # the warm-up draws from the model's own distribution
+DRAW_CHUNK = 4096  # uniform numbers drawn at a time: memory stays flat in the length of a sample
 
 
 class Decoder:
@@ -213,8 +215,13 @@ class Sampler:
         ``first`` is the id fed first; by default the last character fed or
         generated, else (nothing fed since a reset) what ``warm_up`` returns. With
         ``config.stop``, generation ends as soon as the generated characters end with
-        it (the stop string is yielded too). The uniform numbers are drawn from the
-        sampler's generator up front, so a seed fixes the text.
+        it (the stop string is yielded too).
+
+        The uniform numbers come DRAW_CHUNK at a time from a copy of the sampler's
+        generator, and the generator itself moves on by ``length`` numbers at once:
+        the same stream, and the same text for a seed, as one draw of ``length``
+        numbers up front, whether the sample stops early or not, in memory that does
+        not grow with ``length``.
         """
         length = self.config.length if length is None else length
         x = first if first is not None else self.last
@@ -222,7 +229,8 @@ class Sampler:
             x = self.warm_up()
         chars = self.vocab.chars
         choose = self.decoder.choose
-        uniforms = self.rng.random(length).tolist()
+        rng = copy.deepcopy(self.rng)  # draws this sample's numbers
+        self.rng.bit_generator.advance(length)  # as if this sample's `length` numbers were drawn
         stop = self.config.stop
         n_stop = len(stop) if stop else 0
         tail = ""
@@ -230,12 +238,13 @@ class Sampler:
         # process it slows sampling down many times. Set once per call, not per character; the limit
         # holds for the whole process, also while the generator waits at a yield, until it ends or is closed.
         with blas.limit(1):
-            for n in range(length):
-                x = choose(self.logits_after(x), uniforms[n])
-                self.last = x  # a later call continues the text from here
-                ch = chars[x]
-                yield ch
-                if n_stop:
-                    tail = (tail + ch)[-n_stop:]
-                    if tail == stop:
-                        return
+            for start in range(0, length, DRAW_CHUNK):
+                for u in rng.random(min(DRAW_CHUNK, length - start)).tolist():
+                    x = choose(self.logits_after(x), u)
+                    self.last = x  # a later call continues the text from here
+                    ch = chars[x]
+                    yield ch
+                    if n_stop:
+                        tail = (tail + ch)[-n_stop:]
+                        if tail == stop:
+                            return

@@ -569,3 +569,103 @@ def test_warm_up_is_the_same_for_every_seed_and_continues_the_text(small_model):
     whole = text(sampler_of(small_model, seed=9, temperature=0.0), 120)
     parts = sampler_of(small_model, seed=9, temperature=0.0)
     assert text(parts, 50) + text(parts, 70) == whole
+
+
+# --------------------------------------------------------------------------- #
+# Streaming: the uniforms in chunks, the same text for a seed, flat memory
+# --------------------------------------------------------------------------- #
+
+# Texts of the small model computed with the sampler that drew all of a sample's uniforms up front.
+PINNED_TOP_K = (
+    ".ciABp?.uh.ikievthvSpAihdk.tl?eS yS.h.lYFSefyneFeymkFFvma.,,\nwR,m,\nrw\nr,\n\n:dckCRkyyRS?l .S.iietlnyFsSfvys"
+    "\n::r?:A,us,R\na,"
+)
+PINNED_STOPPED = ["ssfF Ya  zmCczvtae", "ndBl.nlYsAasYokyzos?otahe", "uSrakpfnn\n ?BA BkvSYcnryYoStBufohRe"]
+
+
+def test_chunked_draws_are_the_stream_of_one_draw():
+    """Generator.random(n) in pieces gives the numbers of one call, and advancing the bit
+    generator by n skips exactly n of them: what generate relies on."""
+    whole = np.random.default_rng(17).random(10_000)
+    rng = np.random.default_rng(17)
+    pieces = np.concatenate([rng.random(k) for k in (1, 4096, 7, 4096, 1800)])
+    assert np.array_equal(whole, pieces)
+    skipped = np.random.default_rng(17)
+    skipped.bit_generator.advance(9_000)
+    assert np.array_equal(skipped.random(1_000), whole[9_000:])
+
+
+@pytest.mark.parametrize("chunk", [4096, 7, 1])
+def test_a_seed_gives_the_pinned_text_whatever_the_chunk(small_model, monkeypatch, chunk):
+    """Byte for byte the text of the up-front sampler, also across chunk boundaries, and
+    samples after one stopped early start where they did (the generator moves on by --length)."""
+    import charlm.sample
+
+    monkeypatch.setattr(charlm.sample, "DRAW_CHUNK", chunk)
+    model, vocab = small_model
+    assert text(sampler_of(small_model, seed=11, top_k=8), 120) == PINNED_TOP_K
+    sampler = sampler_of(small_model, seed=5, temperature=1.2, stop="e")
+    got = []
+    for _ in range(3):
+        sampler.reset()
+        sampler.feed(vocab.encode("All:").ids)
+        got.append(text(sampler, 60))
+    assert got == PINNED_STOPPED
+
+
+def test_memory_does_not_grow_with_the_length(small_model, monkeypatch):
+    import charlm.sample
+
+    monkeypatch.setattr(charlm.sample, "DRAW_CHUNK", 64)
+    sampler = sampler_of(small_model, seed=0)
+    text(sampler, 10)  # warm-up: step buffers
+    n = 5_000  # drawn up front, its uniforms alone took 40 bytes each
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    for _ in sampler.generate(n):
+        pass
+    peak = tracemalloc.get_traced_memory()[1] - base
+    tracemalloc.stop()
+    assert peak < 20_000, f"{peak} bytes allocated while generating {n} characters"
+
+
+def test_a_length_past_the_maximum_is_one_line(tiny_checkpoint, tmp_path):
+    from charlm.config import MAX_SAMPLE_LENGTH
+
+    SampleConfig(length=MAX_SAMPLE_LENGTH).check()
+    with pytest.raises(ConfigError) as e:
+        SampleConfig(length=MAX_SAMPLE_LENGTH + 1).check()
+    assert e.value.setting == "length"
+    args = [console_script(), "sample", "-c", str(tiny_checkpoint), "--length", str(10**30)]
+    r = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and r.stdout == ""
+    assert (
+        r.stderr.strip()
+        == f"error: --length must be at most 10^15 (got {10**30}): " + e.value.problem.split(": ", 1)[1]
+    )
+
+
+def test_a_huge_length_streams_at_once(tiny_checkpoint, tmp_path):
+    """10^12 characters: the first lines arrive through a pipe without anything drawn up front."""
+    args = [
+        console_script(),
+        "sample",
+        "-c",
+        str(tiny_checkpoint),
+        "--length",
+        str(10**12),
+        "--prime",
+        "All:\n",
+        "--seed",
+        "1",
+    ]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    try:
+        first = proc.stdout.readline()
+        second = proc.stdout.readline()
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        proc.stdout.close()
+        proc.stderr.close()
+    assert first == b"All:\n" and second.endswith(b"\n")

@@ -30,7 +30,8 @@ def sample(
     checkpoint: CheckpointOption = None,
     model_name: ModelOption = None,
     length: Annotated[
-        int, typer.Option("--length", "-n", help="Characters to generate per sample, not counting the prime; ≥ 0.")
+        int,
+        typer.Option("--length", "-n", help="Characters to generate per sample, not counting the prime; 0 to 10^15."),
     ] = 200,
     temperature: Annotated[
         float,
@@ -182,7 +183,7 @@ def _write_samples(sampler, ids, prime: str) -> None:
         for ch in sampler.generate():
             stream.write(ch)
             tail = (tail + ch)[-2:]
-            if flush_each:
+            if flush_each or ch == "\n":  # a terminal sees each character, a pipe or file each line
                 stream.flush()
     if flush_each:
         stream.write("\n")
