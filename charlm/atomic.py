@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
 
@@ -39,14 +40,15 @@ def atomic_write(path: Path, data: bytes) -> None:
 TEMP_NAME = re.compile(r"^\..+\.(\d+)\.tmp$")  # .<name>.<pid>.tmp, as atomic_write names them
 
 
-def remove_stale_temps(folder: Path) -> list[Path]:
+def remove_stale_temps(folder: Path, older_than: float | None = None) -> list[Path]:
     """Delete the temporary files that atomic_write left in ``folder`` when its
-    process died mid-write (e.g. kill -9); a live process's file is left alone.
-    Returns what was removed."""
+    process died mid-write (e.g. kill -9); a live process's file is left alone,
+    unless it was last written more than ``older_than`` seconds ago (its pid reused
+    by another process). Returns what was removed."""
     removed = []
     for p in Path(folder).glob(".*.tmp"):
         match = TEMP_NAME.match(p.name)
-        if match is None or _alive(int(match.group(1))):
+        if match is None or (_alive(int(match.group(1))) and not _older(p, older_than)):
             continue
         try:
             p.unlink()
@@ -54,6 +56,13 @@ def remove_stale_temps(folder: Path) -> list[Path]:
         except OSError:
             pass
     return removed
+
+
+def _older(path: Path, seconds: float | None) -> bool:
+    try:
+        return seconds is not None and time.time() - path.stat().st_mtime > seconds
+    except OSError:
+        return False
 
 
 def _alive(pid: int) -> bool:

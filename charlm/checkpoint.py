@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -337,9 +338,34 @@ HISTORY_FIELDS = (
 )
 
 
+def check_export_destination(dst: Path) -> None:
+    """Refuse a ``dst`` that is not a regular file or a new name: a symlink (even to a
+    regular file), a directory, a device, a FIFO or a socket. Raises CheckpointError."""
+    dst = Path(dst)
+    try:
+        mode = dst.lstat().st_mode
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise CheckpointError(f"{dst}: cannot be checked ({e.strerror or e}).", kind="export_destination") from None
+    if stat.S_ISREG(mode):
+        return
+    kinds = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a pipe (FIFO)"))
+    kinds += ((stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"))
+    what = next((word for test, word in kinds if test(mode)), "not a regular file")
+    raise CheckpointError(
+        f"{dst} is {what}; export writes only regular files. Name a new file or an existing regular one.",
+        kind="export_destination",
+        path=str(dst),
+        what=what,
+    )
+
+
 def export(src: Path, dst: Path, half: bool = False) -> Checkpoint:
     """Copy a checkpoint's weights, config, vocabulary and history to ``dst``,
-    without the optimizer moments and carried state, optionally as float16."""
+    without the optimizer moments and carried state, optionally as float16.
+    ``dst`` must be a new name or a regular file (see ``check_export_destination``)."""
+    check_export_destination(dst)
     ck = load(src, with_extra=False)
     history = ck.state.to_dict(HISTORY_FIELDS) if ck.state is not None else None
     save(dst, ck.build_model(), ck.vocab, history, ck.corpus, half=half)

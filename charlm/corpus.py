@@ -12,7 +12,8 @@ characters or more are encoded to a file in the cache folder (``$CHARLM_CACHE``,
 else ``$XDG_CACHE_HOME/charlm``, else ``~/.cache/charlm``), named by the sha256
 of the bytes, the decoding options and the text form, written to a temporary
 name and renamed into place when complete, and then used as an ``np.memmap``:
-later runs on the same file skip the second pass.
+later runs on the same file skip the second pass, once the cache's length, ids and
+checksum are checked.
 
 The last ``val_frac`` of the characters is held out for validation.
 """
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from charlm.atomic import remove_stale_temps
 from charlm.config import TrainConfig
 from charlm.errors import CorpusError
 from charlm.text import iter_text
@@ -36,6 +38,8 @@ from charlm.vocab import CODE_POINTS, MAX_VOCAB, Vocab, code_point_blocks, code_
 
 MEMMAP_MIN_CHARS = 16 * 2**20  # corpora this long are encoded to a cached np.memmap, not to memory
 CACHE_ENV = "CHARLM_CACHE"  # environment variable naming the cache folder
+DIGEST_BYTES = 32  # a cache file ends with the sha256 of its ids
+STALE_TEMP_SECONDS = 24 * 3600  # a cache temp unwritten this long is a killed run's, whatever its pid
 MIN_VAL_CHARS = 2  # held-out characters: the first is context, the rest are predicted
 
 
@@ -186,6 +190,29 @@ def cache_name(scan: CorpusScan) -> str:
     return f"{scan.sha256}-{codec}-{scan.errors}-{form}.u16"
 
 
+def cache_problem(path: Path, n_chars: int, vocab_size: int) -> str | None:
+    """What is wrong with a cache file, or None when it can be used: its size must be
+    ``2 * n_chars`` bytes of ids plus the 32-byte sha256 of them, the digest must match
+    and every id must be below ``vocab_size``."""
+    try:
+        if not path.is_file():
+            return "missing"
+        size = path.stat().st_size
+        if size != 2 * n_chars + DIGEST_BYTES:
+            return f"{size:,} bytes, not {2 * n_chars + DIGEST_BYTES:,}"
+        ids = np.memmap(path, dtype="<u2", mode="r", shape=(n_chars,))  # (N,)
+        with open(path, "rb") as f:
+            f.seek(2 * n_chars)
+            recorded = f.read(DIGEST_BYTES)
+        if int(ids.max()) >= vocab_size:
+            return f"an id of {int(ids.max())} in a vocabulary of {vocab_size}"
+        if hashlib.sha256(ids).digest() != recorded:
+            return "its checksum does not match"
+        return None
+    except (OSError, ValueError) as e:
+        return f"unreadable: {e}"
+
+
 def encode_corpus(
     scan: CorpusScan, *, progress: bool = False, report: Callable[[str], None] | None = None
 ) -> tuple[np.ndarray, Path | None]:
@@ -193,9 +220,10 @@ def encode_corpus(
 
     Below ``MEMMAP_MIN_CHARS`` characters the ids are an in-memory array and no
     file is written. Longer corpora are encoded to ``cache_dir()/<sha256>-<encoding>-
-    <errors>-<form>.u16`` (raw little-endian uint16; see ``cache_name``), written under a temporary name and
-    renamed when complete, so a half-written cache is never used; an existing
-    cache file of the right size is reused. The ids are then a read-only np.memmap.
+    <errors>-<form>.u16`` (raw little-endian uint16 followed by their sha256; see ``cache_name``), written
+    under a temporary name and renamed when complete, so a half-written cache is never used; an existing
+    cache file is reused when ``cache_problem`` finds nothing wrong with it, else encoded again, and
+    temporary files of killed runs are removed. The ids are then a read-only np.memmap.
     """
     N = scan.n_chars
     if N < MEMMAP_MIN_CHARS:
@@ -206,21 +234,28 @@ def encode_corpus(
             pos += len(chunk)
         return ids, None
     path = cache_dir() / cache_name(scan)
-    try:
-        if path.is_file() and path.stat().st_size == 2 * N:
-            if report:
-                report(f"using the encoded corpus cached in {path}")
-            return np.memmap(path, dtype="<u2", mode="r", shape=(N,)), path
-    except OSError:
-        pass  # unreadable cache: encode again
+    for stale in remove_stale_temps(path.parent, older_than=STALE_TEMP_SECONDS) if path.parent.is_dir() else ():
+        if report:
+            report(f"removed {stale}, left by a killed run")
+    problem = cache_problem(path, N, len(scan.vocab))
+    if problem is None:
+        if report:
+            report(f"using the encoded corpus cached in {path}")
+        return np.memmap(path, dtype="<u2", mode="r", shape=(N,)), path
+    if report and problem != "missing":
+        report(f"the encoded corpus cached in {path} is damaged ({problem}); encoding it again")
     if report:
         report(f"encoding {N:,} characters to {path} ({2 * N / 1e6:,.0f} MB, reused by later runs on this file)")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # as atomic.remove_stale_temps expects
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
+            digest = hashlib.sha256()
             for chunk in encoded_chunks(scan, progress):
-                f.write(chunk.astype("<u2", copy=False))
+                data = chunk.astype("<u2", copy=False).tobytes()
+                digest.update(data)
+                f.write(data)
+            f.write(digest.digest())  # the trailer cache_problem checks
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -8,6 +8,9 @@ import io
 import math
 import os
 import re
+import subprocess
+import sys
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -321,3 +324,77 @@ def test_releasing_pages_while_scoring_and_training_changes_nothing(tmp_path, ca
     sb = b.run()
     assert len(calls) > 6  # every batch and every scoring chunk released its pages
     assert np.array_equal(a.model.flat, b.model.flat) and sa.best_val == sb.best_val
+
+
+# --------------------------------------------------------------------------- #
+# the cache checks its own contents and clears what killed runs left
+# --------------------------------------------------------------------------- #
+
+
+def out_of_range(ids: np.ndarray) -> None:
+    ids[5] = 60000
+
+
+def changed_in_range(ids: np.ndarray) -> None:
+    ids[5], ids[6] = ids[6] + 1 if ids[6] == ids[5] else ids[6], ids[5]
+
+
+@pytest.mark.parametrize(
+    "damage, words",
+    [
+        (out_of_range, "an id of 60000 in a vocabulary of"),
+        (changed_in_range, "its checksum does not match"),
+        ("truncate", "bytes, not"),
+        ("no trailer", "bytes, not"),  # a cache written before the checksum trailer existed
+    ],
+)
+def test_a_cache_with_wrong_contents_is_encoded_again_and_trains_on_the_right_ids(
+    tmp_path, cache, monkeypatch, damage, words
+):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(MIXED * 4, encoding="utf-8")
+    cfg = dict(batch_size=4, seq_len=8, steps=3, eval_every=3, val_frac=0.1)
+    model = ModelConfig(layers=1, hidden=8, embed=4)
+    a = prepare_run(corpus, tmp_path / "a", model, TrainConfig(**cfg))  # in memory: the right ids
+    monkeypatch.setattr(corpus_mod, "MEMMAP_MIN_CHARS", 100)
+    prepare_run(corpus, tmp_path / "b", model, TrainConfig(**cfg))  # writes the cache
+    (path,) = cache.iterdir()
+    good = path.read_bytes()
+    n = (len(good) - 32) // 2  # ids, then their sha256
+    if damage == "truncate":
+        path.write_bytes(good[:-2])
+    elif damage == "no trailer":
+        path.write_bytes(good[: 2 * n])
+    else:
+        ids = np.frombuffer(good[: 2 * n], dtype="<u2").copy()
+        damage(ids)
+        path.write_bytes(ids.tobytes() + good[2 * n :])
+    assert path.read_bytes() != good
+    notices = []
+    c = load_corpus(corpus, TrainConfig(**cfg), report=notices.append)
+    assert any(f"cached in {path} is damaged (" in m and words in m for m in notices), "\n".join(notices)
+    assert path.read_bytes() == good
+    assert np.array_equal(c.train_ids, a.stream.ids)
+    del c
+    path.write_bytes(good[: 2 * n])  # damaged again: training rebuilds it and learns the same as from memory
+    b = prepare_run(corpus, tmp_path / "c", model, TrainConfig(**cfg))
+    assert path.read_bytes() == good
+    sa, sb = a.run(), b.run()
+    assert np.array_equal(a.model.flat, b.model.flat) and sa.best_val == sb.best_val
+
+
+def test_temps_of_killed_encodings_are_removed(mixed_file, cache, monkeypatch):
+    monkeypatch.setattr(corpus_mod, "MEMMAP_MIN_CHARS", 1000)
+    cache.mkdir()
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = cache / f".x.u16.{int(done.stdout)}.tmp"  # its writer was killed
+    dead.write_bytes(b"\0" * 100)
+    old = cache / ".y.u16.1.tmp"  # pid 1 lives, but nothing was written to it for two days
+    old.write_bytes(b"\0" * 100)
+    os.utime(old, (time.time() - 2 * 86400,) * 2)
+    live = cache / f".z.u16.{os.getpid()}.tmp"  # a running encoding
+    live.write_bytes(b"\0" * 100)
+    notices = []
+    c = load_corpus(mixed_file, TrainConfig(val_frac=0.1, batch_size=4, seq_len=8), report=notices.append)
+    assert sorted(p.name for p in cache.iterdir()) == sorted([c.cache.name, live.name])
+    assert sum("left by a killed run" in m for m in notices) == 2

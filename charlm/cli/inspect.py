@@ -78,12 +78,16 @@ def export(
     half: Annotated[
         bool, typer.Option("--half", help="Store the weights as float16: half the size, loaded as float32.")
     ] = False,
-    force: Annotated[bool, typer.Option("--force", help="Replace DESTINATION if it exists.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace DESTINATION if it is an existing regular file.")
+    ] = False,
 ) -> None:
     """Write a model file for sharing: weights, config, vocabulary and training history only."""
+    from charlm.checkpoint import check_export_destination
     from charlm.checkpoint import export as export_checkpoint
     from charlm.runs import find_model
 
+    check_export_destination(destination)  # also with --force: only a regular file is replaced
     if destination.exists() and not force:
         raise UsageError(f"{destination} exists; choose another name or pass --force to replace it.")
     if not destination.parent.is_dir():
