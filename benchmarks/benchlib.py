@@ -84,6 +84,38 @@ def thread_env() -> dict[str, str]:
     return {n: os.environ[n] for n in names if n in os.environ}
 
 
+# Set on some machines to pin OpenBLAS to older kernels (1024³ sgemm 198 against 375 GFLOP/s on an
+# AVX-512 CPU). A user's machine sets neither, so every benchmark runs both sides without them.
+BLAS_PINS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+REMOVED_PINS = "CHARLM_BENCH_REMOVED_PINS"  # what run_as_user took away, for the record
+
+
+def user_env(**extra: str) -> dict[str, str]:
+    """This process's environment without BLAS_PINS (for the processes a benchmark starts)."""
+    env = {k: v for k, v in os.environ.items() if k not in BLAS_PINS}
+    env.update(extra)
+    return env
+
+
+def run_as_user() -> None:
+    """Start this script again without BLAS_PINS if any is set: OpenBLAS reads them once, when
+    NumPy loads, so unsetting them inside a running process changes nothing."""
+    pins = " ".join(f"{k}={os.environ[k]}" for k in BLAS_PINS if k in os.environ)
+    if pins:
+        print(f"note: running without {pins}, as a user's machine does", file=sys.stderr)
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable, *sys.argv], user_env(**{REMOVED_PINS: pins}))
+
+
+def pins_line() -> str:
+    """One line for a report: the pinning variables are unset for both sides, and why."""
+    had = os.environ.get(REMOVED_PINS) or " ".join(f"{k}={os.environ[k]}" for k in BLAS_PINS if k in os.environ)
+    return (
+        f"- OpenBLAS pinning variables ({' and '.join(f'`{k}`' for k in BLAS_PINS)}): unset for both sides, as on a "
+        f"user's machine (they force older, slower kernels); this machine had {had or 'neither set'}"
+    )
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file in the same folder and os.replace,
     so an interrupted run leaves the previous file intact."""

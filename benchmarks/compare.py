@@ -49,8 +49,11 @@ from benchlib import (
     fmt_rate,
     fmt_ratio,
     nproc,
+    pins_line,
     read_section,
+    run_as_user,
     thread_env,
+    user_env,
     write_atomic,
 )
 
@@ -113,7 +116,7 @@ def commands(python: Path) -> dict[str, list[str]]:
 
 def run_json(cmd: list[str]) -> dict:
     """Run one benchmark process and return its JSON; a failure raises BenchError with its last stderr line."""
-    env = dict(os.environ, NO_COLOR="1", TERM="dumb", COLUMNS="200")
+    env = user_env(NO_COLOR="1", TERM="dumb", COLUMNS="200")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
@@ -246,6 +249,7 @@ def render(
         f"- Load average (1 min) at the start and the end: {load[0]:.2f}, {load[1]:.2f} "
         "(a busy machine slows both sides, PyTorch's OpenMP threads more)",
         f"- Thread environment variables: {', '.join(f'{k}={v}' for k, v in thread_env().items()) or 'none set'}",
+        pins_line(),
         "",
         "## Protocol",
         "",
@@ -390,6 +394,7 @@ def parse_args(argv: list[str] | None = None):
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    run_as_user()
     # the command as a user types it from the checkout: no interpreter path, no working directory
     command = shlex.join(["python", "benchmarks/compare.py", *(sys.argv[1:] if argv is None else argv)])
     series = plan(args.configs, args.cells, args.sample)
@@ -423,6 +428,7 @@ def main(argv: list[str] | None = None) -> None:
         "nproc": nproc(),
         "cpu": cpu_model(),
         "thread_env": thread_env(),
+        "blas_pins": pins_line(),
         "load_average_1min": load,
         "torch_pin": TORCH_PIN,
         "summaries": summaries,

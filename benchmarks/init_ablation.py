@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+from benchlib import run_as_user
 from quality import BATCH, CLIP, EMBED, FINAL_LR_FRAC, HIDDEN, LAYERS, LR, SEQ_LEN, WARMUP, load_data
 from torch_peer import BenchConfig, build_model, detach_state
 
@@ -63,6 +64,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=400, help="Training steps per run (within one epoch).")
     p.add_argument("--seed", type=int, default=0, help="Seed of both initialisations.")
     args = p.parse_args()
+    run_as_user()
     for init in ("torch", "charlm", "charlm-fb1"):
         loss = mean_train_loss(init, args.steps, args.seed)
         print(f"{init:<11} mean training loss over steps {args.steps // 2}–{args.steps}: {loss:.4f} nats/char")

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from benchlib import HERE, Parser, bounded, cpu_model, fail, write_atomic
+from benchlib import HERE, Parser, bounded, cpu_model, fail, run_as_user, write_atomic
 
 from charlm.cells import GRU, LSTM, RNN, Recurrent
 from charlm.optim import Adam, clip_grad_norm_, learning_rate
@@ -323,6 +323,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=bounded(int, 1), default=3, help="seeds per cell and distance")
     ap.add_argument("--out", type=Path, default=HERE / "LONG_RANGE.md", help="markdown report to write")
     args = ap.parse_args(argv)
+    run_as_user()
     try:
         args.ks = parse_ks(args.ks)
     except ValueError as e:

@@ -21,6 +21,7 @@ import time
 from collections import defaultdict
 
 import numpy as np
+from benchlib import run_as_user
 
 from charlm import blas
 from charlm.cells import Recurrent
@@ -68,6 +69,7 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=65)
     p.add_argument("--steps", type=int, default=20, help="Timed steps (after 2 of warm-up).")
     a = p.parse_args()
+    run_as_user()
 
     model = CharModel(ModelConfig(a.vocab, a.cell, a.embed, a.hidden, a.layers), seed=0)
     rng = np.random.default_rng(0)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shlex
 import subprocess
 import sys
@@ -39,7 +38,20 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchlib import RESULTS_MD, BenchError, Parser, bounded, cpu_model, fail, nproc, replace_section, write_atomic
+from benchlib import (
+    RESULTS_MD,
+    BenchError,
+    Parser,
+    bounded,
+    cpu_model,
+    fail,
+    nproc,
+    pins_line,
+    replace_section,
+    run_as_user,
+    user_env,
+    write_atomic,
+)
 
 SECTION = "Quality at equal time"
 
@@ -71,7 +83,7 @@ def charlm_command(python: Path, corpus: str, seconds: float, out_dir: Path, see
 
 def run_charlm(cmd: list[str], run_dir: Path) -> dict:
     """Run ``charlm train``, pass its progress lines through to stderr, read metrics.jsonl."""
-    env = dict(os.environ, NO_COLOR="1", TERM="dumb", COLUMNS="200")
+    env = user_env(NO_COLOR="1", TERM="dumb", COLUMNS="200")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     last = "no message"
     assert proc.stderr is not None
@@ -285,6 +297,8 @@ def render(res: dict, seconds: float, corpus: str, command: str, charlm_cmd: str
             f"{p['torch_threads']} threads, eager mode (no torch.compile), default initialisation; charlm also "
             "writes checkpoints at every validation, inside its budget.",
             "",
+            pins_line()[2:] + ".",
+            "",
             "| side | best val nats/char | bits/char | at step | steps | characters seen | loop time |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
             row("charlm", c),
@@ -339,6 +353,7 @@ def parse_args(argv: list[str] | None = None):
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    run_as_user()
     # the command as a user types it from the checkout: no interpreter path, no working directory
     command = shlex.join(["python", "benchmarks/quality.py", *(sys.argv[1:] if argv is None else argv)])
     started = datetime.now(UTC)

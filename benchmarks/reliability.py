@@ -20,7 +20,7 @@ import time
 import zlib
 from pathlib import Path
 
-from benchlib import Parser, fail
+from benchlib import Parser, fail, run_as_user, user_env
 
 
 def sample_peak(charlm: Path, model: str, length: int) -> tuple[float, float]:
@@ -28,7 +28,7 @@ def sample_peak(charlm: Path, model: str, length: int) -> tuple[float, float]:
     cmd = [str(charlm), "sample", "-m", model, "--length", str(length), "--seed", "1"]
     start = time.perf_counter()
     with open(os.devnull, "wb") as sink:
-        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.PIPE, env=user_env())
         _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--lengths", nargs="+", type=float, default=[1e4, 1e6, 1e7])
     parser.add_argument("--repeats", type=int, default=5, help="timings per cache check")
     args = parser.parse_args()
+    run_as_user()
     charlm = Path(sys.executable).with_name("charlm")
     if not charlm.exists():
         fail(f"no charlm console script next to {Path(sys.executable).name}; pip install -e . first")

@@ -36,7 +36,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-from benchlib import Parser, bounded, cpu_model, fail, nproc
+from benchlib import Parser, bounded, cpu_model, fail, nproc, run_as_user
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # H-wide blocks in each fused weight
 
@@ -303,6 +303,7 @@ def parse_args(argv: list[str] | None = None):
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    run_as_user()
     try:
         import torch
     except ImportError:

@@ -347,7 +347,12 @@ def check_export_destination(dst: Path) -> None:
     except FileNotFoundError:
         return
     except OSError as e:
-        raise CheckpointError(f"{dst}: cannot be checked ({e.strerror or e}).", kind="export_destination") from None
+        raise CheckpointError(
+            f"{dst}: cannot be checked ({e.strerror or e}).",
+            kind="export_unchecked",
+            path=str(dst),
+            reason=e.strerror or str(e),
+        ) from None
     if stat.S_ISREG(mode):
         return
     kinds = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a pipe (FIFO)"))

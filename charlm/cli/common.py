@@ -70,6 +70,9 @@ WORDING: dict[str, str] = {
     "Remove them, or use --unknown skip to drop them.",
     "model_not_shipped": "no pretrained {name!r} model is shipped yet. Train one with 'charlm train {name}', "
     "then use --checkpoint runs/{name}.",
+    "export_destination": "{path} is {what}; export writes only regular files, with or without --force. "
+    "Name a new file or an existing regular one.",
+    "export_unchecked": "cannot look at {path} ({reason}). Export to a folder you can read and write.",
     "half_overflow": "a weight is too large for float16; save without --half.",
     "text_too_short_for_batch": "the training text has {chars:,} characters, too short for one batch of "
     "{batch_size} rows × {seq_len} steps (needs at least {needed:,}). "
