@@ -48,7 +48,7 @@ def remove_stale_temps(folder: Path, older_than: float | None = None) -> list[Pa
     removed = []
     for p in Path(folder).glob(".*.tmp"):
         match = TEMP_NAME.match(p.name)
-        if match is None or (_alive(int(match.group(1))) and not _older(p, older_than)):
+        if match is None or (pid_alive(int(match.group(1))) and not _older(p, older_than)):
             continue
         try:
             p.unlink()
@@ -65,7 +65,8 @@ def _older(path: Path, seconds: float | None) -> bool:
         return False
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (this one included)."""
     if pid == os.getpid():
         return True
     try:

@@ -51,3 +51,7 @@ class ConfigError(UsageError):
 
 class TrainingDiverged(CharlmError):
     """The loss, the gradient or the weights stopped being finite numbers."""
+
+
+class RunFolderBusyError(CharlmError):
+    """Another process holds the run folder's lock (``charlm.runlock``): it is training there."""

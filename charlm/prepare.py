@@ -13,6 +13,7 @@ from pathlib import Path
 from charlm.config import ModelConfig, TrainConfig
 from charlm.corpus import load_corpus
 from charlm.model import CharModel
+from charlm.runfolder import RunFolder
 from charlm.train import Callbacks, Trainer
 from charlm.vocab import Vocab
 
@@ -24,22 +25,31 @@ def new_model(config: ModelConfig, vocab: Vocab, seed: int) -> CharModel:
 
 def prepare_run(
     corpus_path: Path,
-    run_dir: Path,
+    run_dir: Path | RunFolder,
     model_config: ModelConfig,
     config: TrainConfig,
     callbacks: Callbacks | None = None,
     started: float | None = None,
 ) -> Trainer:
     """Check both configs, read and check a corpus, build the vocabulary and model,
-    and return a Trainer (see ``build_trainer``)."""
+    and return a Trainer (see ``build_trainer``) that holds its run folder's lock
+    (``RunFolder.lock``: RunFolderBusyError if another process has it). A folder that
+    holds a run already is refused (UsageError), as a new run would overwrite it."""
     model_config.check()
     config.check()
-    return build_trainer(corpus_path, run_dir, model_config, config, callbacks, started)
+    trainer = build_trainer(corpus_path, run_dir, model_config, config, callbacks, started)
+    trainer.folder.lock()
+    try:
+        trainer.folder.refuse_overwrite()  # checked under the lock: no other run can start there now
+    except BaseException:
+        trainer.folder.release()
+        raise
+    return trainer
 
 
 def build_trainer(
     corpus_path: Path,
-    run_dir: Path,
+    run_dir: Path | RunFolder,
     model_config: ModelConfig,
     config: TrainConfig,
     callbacks: Callbacks | None = None,

@@ -18,6 +18,7 @@ from charlm.config import TrainConfig
 from charlm.corpus import text_form
 from charlm.errors import CheckpointError, CorpusError, UsageError
 from charlm.prepare import build_trainer
+from charlm.runfolder import RunFolder
 from charlm.train import Callbacks, Trainer
 
 # Settings a resumed run keeps from its checkpoint (a different value is refused) …
@@ -120,11 +121,33 @@ def resume_run(
     """A Trainer that continues the run ``checkpoint_path`` belongs to, in its folder.
     ``given``: the settings given for this session, by field name (see ``merge_settings``).
     The corpus must be the same text (sha256) with the same vocabulary. ``started``:
-    as for ``build_trainer``, the session's start-up, from which its minutes count."""
+    as for ``build_trainer``, the session's start-up, from which its minutes count.
+
+    The run folder is locked (``RunFolder.lock``) before the checkpoint is read, so
+    that no other process trains there while this one continues from what it read;
+    the Trainer holds the lock until its run ends."""
     given = {k: v for k, v in (given or {}).items() if v is not None}
     if set(given) - set(RESUME_SETTINGS):
         raise ValueError(f"resume_run: unknown settings {sorted(set(given) - set(RESUME_SETTINGS))}")
-    ckpt = checkpoint.load(Path(checkpoint_path))
+    folder = RunFolder(Path(checkpoint_path).parent)
+    if folder.path.is_dir():  # else there is no checkpoint to read, and load says so
+        folder.lock()
+    try:
+        return _resume_locked(Path(checkpoint_path), folder, corpus_path, given, callbacks, started)
+    except BaseException:
+        folder.release()
+        raise
+
+
+def _resume_locked(
+    checkpoint_path: Path,
+    folder: RunFolder,
+    corpus_path: Path,
+    given: dict,
+    callbacks: Callbacks | None,
+    started: float | None,
+) -> Trainer:
+    ckpt = checkpoint.load(checkpoint_path)
     where, state = ckpt.path, ckpt.state
     if ckpt.train_config is None or state.rng is None or "optimizer.exp_avg" not in ckpt.extra:
         raise CheckpointError(
@@ -135,7 +158,7 @@ def resume_run(
         )
     config, changed = merge_settings(ckpt, given)
     config.check()  # the model config is the stored one, as it was built
-    trainer = build_trainer(corpus_path, where.parent, ckpt.config, config, callbacks, started)
+    trainer = build_trainer(corpus_path, folder, ckpt.config, config, callbacks, started)
     check_same_text(trainer, ckpt, corpus_path)
     trainer.restore(ckpt)
     step, elapsed = state.step, state.elapsed

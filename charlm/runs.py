@@ -1,12 +1,11 @@
-"""Run folders: naming and finding them, what they hold, and how a run writes into one;
-and the one way every command finds the model it is given (``find_model``).
+"""Run folders: naming and finding them and what they hold; and the one way every
+command finds the model it is given (``find_model``).
 
 A run folder ``runs/<name>/`` holds ``last.safetensors`` (written at every
 validation and when a run is stopped), ``best.safetensors`` (when validation
-improved) and ``metrics.jsonl`` (one line per validation). ``RunFolder`` is the
-save policy: the checkpoints first, then the metrics line, so every line has a
-checkpoint at or after its step. ``describe`` reads what a checkpoint holds from
-its safetensors header only, never loading the tensors.
+improved) and ``metrics.jsonl`` (one line per validation); how a run writes into
+one is ``charlm.runfolder.RunFolder``. ``describe`` reads what a checkpoint holds
+from its safetensors header only, never loading the tensors.
 """
 
 from __future__ import annotations
@@ -16,16 +15,15 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from charlm import corpora
-from charlm.atomic import atomic_write, remove_stale_temps
 from charlm.checkpoint import read_header, read_metadata
 from charlm.config import ModelConfig, TrainState
 from charlm.corpus import CorpusFingerprint
 from charlm.errors import CharlmError
+from charlm.runfolder import RunFolder  # noqa: F401  (re-exported: the writing side of a run folder)
 
 DEFAULT_RUNS = Path("runs")
 
@@ -38,15 +36,6 @@ def run_name(stem: str) -> str:
     """A safe folder name from a corpus file name."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.")
     return name or "run"
-
-
-def new_run_dir(runs: Path, stem: str) -> Path:
-    """runs/<name>, or runs/<name>-2, -3, … so that no earlier run is overwritten."""
-    base = run_name(stem)
-    candidate, n = runs / base, 2
-    while candidate.exists():
-        candidate, n = runs / f"{base}-{n}", n + 1
-    return candidate
 
 
 def list_runs(runs: Path = DEFAULT_RUNS) -> list[Path]:
@@ -162,98 +151,6 @@ def resume_checkpoint(target: Path | None, runs: Path = DEFAULT_RUNS) -> Path:
             hint=hint,
         )
     return target
-
-
-# --------------------------------------------------------------------------- #
-# Writing a run: the folder and the save policy
-# --------------------------------------------------------------------------- #
-
-
-class RunFolder:
-    """The folder a run writes into, and the order it writes in."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.created = False  # made by this session (and so removed again if nothing was written)
-
-    @property
-    def last(self) -> Path:
-        return self.path / "last.safetensors"
-
-    @property
-    def best(self) -> Path:
-        return self.path / "best.safetensors"
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / "metrics.jsonl"
-
-    def open(self, resumed_step: int) -> None:
-        """Create the folder if needed and clear what a killed process left: its
-        temporary files and, on resume (``resumed_step`` > 0), metrics lines from
-        after the resumed step."""
-        self.created = not self.path.exists()
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise CharlmError(
-                f"cannot create the run folder {self.path} ({e.strerror or e}). Choose another folder for the runs.",
-                kind="run_folder_unwritable",
-                path=self.path,
-                reason=e.strerror or e,
-            ) from None
-        remove_stale_temps(self.path)
-        if resumed_step:
-            self.trim_metrics(resumed_step)
-
-    def discard_if_empty(self) -> None:
-        """A run that wrote nothing leaves no folder behind."""
-        if self.created and self.path.is_dir() and not any(self.path.iterdir()):
-            self.path.rmdir()
-
-    def record(self, save: Callable[[Path], None], record: dict, improved: bool) -> None:
-        """The save policy of one validation: last.safetensors, best.safetensors if
-        validation ``improved``, then the metrics line."""
-        save(self.last)
-        if improved:
-            save(self.best)
-        self.log(record)
-
-    def log(self, record: dict) -> None:
-        """Append ``record`` to metrics.jsonl as one line."""
-        try:
-            with open(self.metrics, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-        except OSError as e:
-            raise CharlmError(
-                f"cannot write {self.metrics} ({e.strerror or e}); the checkpoints of step {record['step']} are "
-                "saved. Free some space or choose another folder for the runs.",
-                kind="metrics_unwritable",
-                path=self.metrics,
-                reason=e.strerror or e,
-                step=record["step"],
-            ) from None
-
-    def trim_metrics(self, step: int) -> None:
-        """Drop metrics lines from after ``step`` (a future that was abandoned, e.g. by
-        a kill) and any torn last line, so the log stays one history."""
-        path = self.metrics
-        if not path.is_file():
-            return
-        try:
-            lines = path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
-            keep = []
-            for line in lines:
-                try:
-                    ok = line.endswith("\n") and json.loads(line)["step"] <= step
-                except (ValueError, KeyError, TypeError):
-                    ok = False
-                if ok:
-                    keep.append(line)
-            if len(keep) != len(lines):
-                atomic_write(path, "".join(keep).encode("utf-8"))
-        except OSError as e:
-            raise CharlmError(f"cannot update {path} ({e.strerror or e}); the run is unchanged.") from None
 
 
 # --------------------------------------------------------------------------- #

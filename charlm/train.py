@@ -46,7 +46,7 @@ from charlm.evaluate import pass_step_seconds, scoring_steps
 from charlm.model import CharModel
 from charlm.optim import Adam, clip_grad_norm_, learning_rate, timed_learning_rate
 from charlm.parallel import DataParallel, default_workers
-from charlm.runs import RunFolder
+from charlm.runfolder import RunFolder
 from charlm.signals import signals_call
 from charlm.validation import Validation
 from charlm.vocab import Vocab
@@ -99,18 +99,18 @@ class Trainer:
         model: CharModel,
         corpus: Corpus,
         config: TrainConfig,
-        run_dir: Path,
+        run_dir: Path | RunFolder,
         callbacks: Callbacks | None = None,
         started: float | None = None,
     ) -> None:
-        """``started``: ``time.perf_counter()`` at this session's start-up, from which a
+        """``run_dir``: the run folder (a path, or a RunFolder that may hold its lock already);
+        ``started``: ``time.perf_counter()`` at this session's start-up, from which a
         budget in minutes counts (default: now)."""
         self.started: float | None = time.perf_counter() if started is None else started
         self.model = model
         self.vocab: Vocab = corpus.vocab
         self.config = config
-        self.folder = RunFolder(run_dir)
-        self.run_dir = self.folder.path
+        self.folder = run_dir if isinstance(run_dir, RunFolder) else RunFolder(run_dir)
         self.corpus = corpus.fingerprint()
         self.callbacks = callbacks or Callbacks()
         self.stream = BatchStream(corpus.train_ids, config.batch_size, config.seq_len)
@@ -150,6 +150,10 @@ class Trainer:
         return min(plans) if plans else None
 
     @property
+    def run_dir(self) -> Path:
+        return self.folder.path  # an automatic name is known once the folder is locked
+
+    @property
     def chars_per_step(self) -> int:
         return self.config.batch_size * self.config.seq_len
 
@@ -162,7 +166,8 @@ class Trainer:
             self.stop_signal = signum
 
     def run(self) -> TrainSummary:
-        """Train until the budget runs out or a stop is requested; see the module docstring."""
+        """Train until the budget runs out or a stop is requested; see the module docstring.
+        The run folder is locked for this process until the run ends (``RunFolder.lock``)."""
         self.folder.open(self.step)
         started = time.perf_counter() if self.started is None else self.started
         self.started = None  # a later run() is a session of its own, counted from its call
@@ -179,6 +184,7 @@ class Trainer:
                 raise
             finally:
                 self.stepper.close()  # the worker processes; a later run() starts them again
+                self.folder.release()  # a later run() takes the folder again
 
     def _plan_budget(self) -> TimeBudget | None:
         """The plan of a budget in minutes, with a first measure of a validation pass's speed."""

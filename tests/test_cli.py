@@ -298,8 +298,8 @@ def test_core_modules_name_no_flags():
     flag = re.compile(r"(?<![\w-])--[a-z][a-z-]*")
     root = Path(__file__).resolve().parent.parent / "charlm"
     TEXT_TOKENS = {tokenize.STRING, tokenize.COMMENT, getattr(tokenize, "FSTRING_MIDDLE", tokenize.STRING)}
-    core = ("config", "errors", "train", "resume", "checkpoint", "corpus", "text", "data", "vocab", "runs")
-    for name in (*core, "signals", "atomic", "optim", "corpora"):
+    core = ("config", "errors", "train", "resume", "checkpoint", "corpus", "text", "data", "vocab", "runs", "runfolder")
+    for name in (*core, "signals", "atomic", "optim", "corpora", "runlock"):
         source = (root / f"{name}.py").read_text(encoding="utf-8")
         for tok in tokenize.generate_tokens(io.StringIO(source).readline):
             if tok.type in TEXT_TOKENS:

@@ -149,6 +149,7 @@ def test_resume_budget_rules(small_corpus, tmp_path):
     same = resume_run(last, small_corpus, {"hidden": 12, "lr": 1e-3})  # same value: fine; lr may change
     assert same.total_steps == N and same.config.lr == 1e-3
     assert same.changed == {"lr": (3e-3, 1e-3)}
+    same.folder.release()  # a resumed Trainer holds its run folder until its run ends; this one never runs
     longer = resume_run(last, small_corpus, {"steps": 2 * N})
     assert longer.total_steps == 2 * N and longer.run().steps == 2 * N
     more = resume_run(last, small_corpus, {"minutes": 0.5})  # minutes more than already spent

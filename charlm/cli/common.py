@@ -83,6 +83,10 @@ WORDING: dict[str, str] = {
     "validation_too_short": "{label}: --val-frac {val_frac:g} holds out {n_val} of its {chars:,} characters; "
     "validation needs at least {needed}. Raise --val-frac to {suggest:.2g} or more, or use a longer text.",
     "run_folder_unwritable": "cannot create the run folder {path} ({reason}). Choose another --out folder.",
+    "run_exists": "{path} already holds a run, which a new run would overwrite. Choose another --name, "
+    "or continue that run with --resume {path}.",
+    "run_folder_busy": "{path} is in use by another charlm process ({owner}); wait for it to finish, or give a new "
+    "run another --name or --out.",
     "metrics_unwritable": "cannot write {path} ({reason}); the checkpoints of step {step} are saved. "
     "Free some space or choose another --out folder.",
     "no_run_to_resume": "no run under {runs} to resume. Give the run folder (--resume runs/NAME) or --out FOLDER, "

@@ -210,7 +210,8 @@ def _new_run(
 
     from charlm.cli.progress import TrainingDisplay
     from charlm.prepare import prepare_run
-    from charlm.runs import new_run_dir
+    from charlm.runfolder import RunFolder
+    from charlm.runs import run_name
 
     model_config.check()
     config.check()
@@ -218,14 +219,12 @@ def _new_run(
         config = replace(config, minutes=DEFAULT_MINUTES)
     if name is not None and (not name.strip() or name in (".", "..") or any(c in name for c in "/\\")):
         raise UsageError(f"--name {name!r}: give a plain folder name (no '/'); the run goes to {out_dir}/NAME.")
-    run_dir = out_dir / name if name else new_run_dir(out_dir, stem)
-    if name and any((run_dir / f).exists() for f in ("best.safetensors", "last.safetensors")):
-        raise UsageError(
-            f"{run_dir} already holds a run, which a new run would overwrite. Choose another --name, "
-            f"or continue that run with --resume {run_dir}."
-        )
+    # OUT/NAME, or OUT/<corpus name>, -2, -3, …: the first free one, taken when the folder is locked
+    folder = RunFolder(out_dir / name) if name else RunFolder(out_dir / run_name(stem), unique=True)
+    if name:
+        folder.refuse_overwrite()  # before the corpus is read; prepare_run checks again under the lock
     display = TrainingDisplay(err, show_reading=sys.stderr.isatty(), notices=True)
-    return prepare_run(path, run_dir, model_config, config, display, started)
+    return prepare_run(path, folder, model_config, config, display, started)
 
 
 def _resume(ctx: typer.Context, resume: str, name: str | None, out_dir: Path, path: Path, started: float) -> Trainer:
