@@ -51,3 +51,8 @@ class ConfigError(UsageError):
 
 class TrainingDiverged(CharlmError):
     """The loss, the gradient or the weights stopped being finite numbers."""
+
+
+class WorkerError(CharlmError):
+    """A training worker process ended, or did not answer in time; the step it was in
+    is lost, while the model is still as the last completed step left it."""
