@@ -255,7 +255,7 @@ class WorkerProcess:
         how = "not responding" if code is None else f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
         last = f": {lines[-1]}" if lines else ""
         return WorkerError(
-            f"training worker process {self.index} ended unexpectedly ({how}){last}. "
+            f"training worker process {self.index} (pid {self.proc.pid}) ended unexpectedly ({how}){last}. "
             "Try again, or train in one row block, without worker processes.",
             kind="worker_died",
             index=self.index,

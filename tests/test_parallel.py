@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from charlm import blas
-from charlm.errors import CharlmError, WorkerError
+from charlm.errors import WorkerError
 from charlm.model import CharModel, ModelConfig
 from charlm.parallel import DataParallel, row_blocks
 
@@ -136,8 +136,11 @@ def test_a_killed_worker_is_one_clear_error():
     ids = np.zeros((4, 8), np.int64)
     dp = DataParallel(model, 2)
     dp.loss_and_grads(ids, ids, model.zero_state(8))
-    os.kill(dp._procs[0].proc.pid, signal.SIGKILL)
-    with pytest.raises(CharlmError, match=r"worker process 1 ended unexpectedly \(killed by signal 9\).*one row block"):
+    pid = dp._procs[0].proc.pid
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(
+        WorkerError, match=rf"process 1 \(pid {pid}\) ended unexpectedly \(killed by signal 9\).*one row block"
+    ):
         dp.loss_and_grads(ids, ids, model.zero_state(8))
     assert dp._procs == [] and dp._params is None  # cleaned up at once
     loss, _ = dp.loss_and_grads(ids, ids, model.zero_state(8))  # and usable again

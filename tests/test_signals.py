@@ -281,13 +281,14 @@ def straight_parallel(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs /proc")
-@pytest.mark.parametrize("how", ["ctrl-c", "timeout"])
+@pytest.mark.parametrize("how", ["ctrl-c", "timeout", "kill-9"])
 def test_a_stopped_worker_neither_hangs_the_run_nor_deafens_it(tmp_path, small_corpus, straight_parallel, how):
     """SIGSTOP a worker process mid-run. Ctrl-C then stops the run within seconds
     (exit 130, the step in progress dropped with a warning naming the worker); with
     no Ctrl-C, the wait for the worker times out ($CHARLM_WORKER_TIMEOUT=1 s here;
-    30 s by default): one error line naming it, exit 1. Either way the worker is
-    ended, last.safetensors holds the last completed step, and the printed resume
+    30 s by default): one error line naming it, exit 1. A worker killed instead
+    (kill -9) is one error line too. Each time the worker is ended,
+    last.safetensors holds the last completed step, and the printed resume
     command ends bit-identical to a run never stopped."""
     run = tmp_path / "runs" / "small"
     env = {k: v for k, v in os.environ.items() if k != "CHARLM_WORKER_TIMEOUT"}
@@ -304,7 +305,7 @@ def test_a_stopped_worker_neither_hangs_the_run_nor_deafens_it(tmp_path, small_c
     )
     wait_for(lambda: (run / "last.safetensors").exists(), proc)
     (worker,) = _children(proc.pid)
-    os.kill(worker, signal.SIGSTOP)
+    os.kill(worker, signal.SIGKILL if how == "kill-9" else signal.SIGSTOP)
     t0 = time.monotonic()
     if how == "ctrl-c":
         time.sleep(0.3)  # the main process is now waiting for the stopped worker
@@ -327,10 +328,15 @@ def test_a_stopped_worker_neither_hangs_the_run_nor_deafens_it(tmp_path, small_c
         assert named in warning and "of the request to stop" in warning and stopped in warning
         assert warning.endswith("the step in progress was dropped.")
         m = re.fullmatch(r"interrupted at step (\d+); resume with: (charlm train .+)", last)
-    else:
+    elif how == "timeout":
         assert proc.returncode == 1, err
         assert took < 10  # 1 s, then SIGTERM and SIGCONT end the worker, and the save
         assert re.match(rf"error: {re.escape(named)} [\d.]+ s; {re.escape(stopped)}\. The workers were ended", last)
+    else:
+        assert proc.returncode == 1, err
+        died = f"error: training worker process 1 (pid {worker}) ended unexpectedly (killed by signal 9)."
+        assert last.startswith(died) and "The workers were ended; step " in last
+    if how != "ctrl-c":
         m = re.search(r"step (\d+) is saved in runs/small/last\.safetensors; resume with: (charlm train .+)$", last)
     assert m, err
     step = int(m.group(1))
