@@ -240,7 +240,6 @@ class WorkerProcess:
         return WorkerError(
             f"training worker process {self.index} (pid {self.proc.pid}) did not answer {late}"
             + (f"; {why}" if why else ""),
-            kind="worker_stalled",
             index=self.index,
             pid=self.proc.pid,
         )
@@ -257,7 +256,6 @@ class WorkerProcess:
         return WorkerError(
             f"training worker process {self.index} (pid {self.proc.pid}) ended unexpectedly ({how}){last}. "
             "Try again, or train in one row block, without worker processes.",
-            kind="worker_died",
             index=self.index,
             pid=self.proc.pid,
         )

@@ -185,14 +185,10 @@ def train(
     warn_threads_over_cores(threads)
     try:
         summary = trainer.run()
-    except WorkerError as e:
-        if e.kind != "worker_lost":
-            raise
-        d = e.details  # the last completed step is saved: say how to go on from it
-        command = f"charlm train {shlex.quote(corpus)} --resume {shlex.quote(str(d['run_dir']))}"
-        raise WorkerError(
-            f"{d['what']}. The workers were ended; step {d['step']:,} is saved in {d['path']}; resume with: {command}"
-        ) from None
+    except WorkerError as e:  # the last completed step is saved: the message says how to go on from it
+        if e.kind == "worker_lost":
+            e.details.update(corpus=shlex.quote(corpus), run_dir=shlex.quote(str(e.details["run_dir"])))
+        raise
     _report_training(summary, corpus)
 
 
