@@ -128,16 +128,24 @@ def save(
 
 
 def _refuse_foreign(path: Path, head: bytes) -> None:
-    """Name the format of a file that does not open like safetensors."""
-    if head[:1] == b"\x80" or head[:2] in (b"(d", b"(l", b"}q", b"]q"):
-        raise CheckpointError(
-            f"{path}: this is a Python pickle, not a charlm checkpoint; charlm never unpickles "
-            "files (loading one can run arbitrary code). Use a .safetensors file written by charlm."
-        )
+    """Name the format of a file that is a pickle or a zip archive, from its first bytes.
+
+    A zip archive opens with "PK\\3\\4": read as a safetensors header length, 67 MB (+ 4 GiB·k),
+    which no charlm checkpoint has. A pickle of protocol 2–5 opens with PROTO (0x80) and its
+    protocol number, one of protocol 0–1 with a mark or an empty dict or list; many header
+    lengths start so too (0x0280 + 65536k: PROTO 2), but a pickle's first 8 bytes read as a
+    length above MAX_HEADER, so only such files are named pickles (a pickle of a 4- or 5-byte
+    frame, such as one small integer, reads lower; it is refused as a truncated checkpoint)."""
     if head[:4] == b"PK\x03\x04":
         raise CheckpointError(
             f"{path}: this is a zip archive (e.g. a PyTorch .pt file), not a charlm checkpoint; "
             "charlm reads only .safetensors files written by charlm."
+        )
+    proto = len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+    if header_length(head) is None and (proto or head[:2] in (b"(d", b"(l", b"}q", b"]q")):
+        raise CheckpointError(
+            f"{path}: this is a Python pickle, not a charlm checkpoint; charlm never unpickles "
+            "files (loading one can run arbitrary code). Use a .safetensors file written by charlm."
         )
 
 
@@ -184,16 +192,15 @@ def read_header(path: Path) -> tuple[dict, dict]:
         with open(path, "rb") as f:
             head = f.read(9)
             size = os.fstat(f.fileno()).st_size
-            n = header_length(head, size)
-            # Only a file that does not open like safetensors is checked for other formats:
-            # some lengths look like a pickle's first bytes (n = 128 + 256k: 0x80).
-            if not opens_like_safetensors(head, size):
-                _refuse_foreign(path, head)
+            n = header_length(head)
+            _refuse_foreign(path, head)
             if len(head) < 8:
                 raise CheckpointError(f"{path}: too short to be a checkpoint (truncated or empty file).")
-            f.seek(8)
             if n is None:
-                raise CheckpointError(f"{path}: not a safetensors file, or truncated (bad header length).")
+                raise CheckpointError(f"{path}: not a safetensors file (bad header length).")
+            if 8 + n > size:
+                raise CheckpointError(f"{path}: truncated checkpoint (the header runs past the end of the file).")
+            f.seek(8)
             raw = f.read(n)
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read it ({e.strerror or e}).") from None

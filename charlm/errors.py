@@ -55,3 +55,8 @@ class TrainingDiverged(CharlmError):
 
 class RunFolderBusyError(CharlmError):
     """Another process holds the run folder's lock (``charlm.runlock``): it is training there."""
+
+
+class WorkerError(CharlmError):
+    """A training worker process ended, or did not answer in time; the step it was in
+    is lost, while the model is still as the last completed step left it."""

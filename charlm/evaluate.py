@@ -33,7 +33,7 @@ from charlm.config import check_unknown_policy
 from charlm.data import RELEASE_EVERY, release_pages
 from charlm.errors import CharlmError, ConfigError
 from charlm.model import CharModel, State
-from charlm.vocab import Vocab, code_points, describe_char
+from charlm.vocab import Vocab, code_points, describe_char, describe_counts
 
 EVAL_BATCH = 64  # rows scored in parallel
 EVAL_MIN_ROW = 128  # each row holds at least this many targets, so a short text is scored in fewer rows
@@ -269,26 +269,36 @@ def _encode_sentences(vocab: Vocab, sentences: Sequence[str], unknown: str) -> t
     unknown characters each lost; refused as UnknownCharacters under the "error" policy."""
     start = vocab.index("\n")
     encoded, dropped = [], []
-    missing: Counter = Counter()
-    where: list[int] = []
+    lost: dict[int, Counter] = {}  # sentence number → its unknown characters
     for i, sentence in enumerate(sentences):
         enc = vocab.encode(sentence, unknown="skip")
         if enc.unknown:
-            missing.update(enc.unknown)
-            where.append(i + 1)
+            lost[i + 1] = enc.unknown
         ids = enc.ids  # compact ids (cast to int64 a group at a time), so a long file of sentences stays small
         encoded.append(ids if start is None else np.concatenate((np.array([start], ids.dtype), ids)))
         dropped.append(enc.unknown_count)
-    if missing and unknown == "error":
-        raise UnknownCharacters(missing, where)
-    empty = [i + 1 for i, ids in enumerate(encoded) if len(ids) < 2]
-    if empty:
-        which = ", ".join(map(str, empty[:10])) + (", …" if len(empty) > 10 else "")
-        raise CharlmError(
-            f"sentence {which}: no character the model knows is left to score once the unknown ones are "
-            "dropped. Leave that sentence out, or score it with a model trained on such text."
-        )
+    if lost and unknown == "error":
+        raise UnknownCharacters(sum(lost.values(), Counter()), list(lost))
+    if short := [i + 1 for i, ids in enumerate(encoded) if len(ids) < 2]:
+        raise _nothing_to_score(short, lost, newline=start is not None)
     return encoded, dropped
+
+
+def _nothing_to_score(short: list[int], lost: dict[int, Counter], newline: bool) -> CharlmError:
+    """Why sentences ``short`` leave nothing to score: no known character, or one and no newline to feed first."""
+    unknown = sum((lost.get(i, Counter()) for i in short), Counter())
+    which = ", ".join(map(str, short[:10])) + (", …" if len(short) > 10 else "")
+    dropped = f" once the unknown ones ({describe_counts(unknown, 10)}) are dropped" if unknown else ""
+    if newline:
+        return CharlmError(
+            f"sentence {which}: no character the model knows is left to score{dropped}. Leave that sentence out, "
+            "or score it with a model trained on such text."
+        )
+    return CharlmError(
+        f"sentence {which}: fewer than two characters the model knows{dropped}; this model has no newline in its "
+        "vocabulary, so a sentence's first character is fed to it, not scored. Give at least two characters it "
+        "knows, or leave that sentence out."
+    )
 
 
 def _group_nats(model: CharModel, group: list[np.ndarray], steps: int) -> np.ndarray:

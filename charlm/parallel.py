@@ -9,7 +9,8 @@ the batch's mean loss is the weighted sum of the blocks' gradients:
     L = Σ_k (B_k / B) L_k        ∇L = Σ_k (B_k / B) ∇L_k
 
 Block 1 runs in this process; every other block runs in a worker process
-(``python -m charlm.worker``). Processes, not threads: a time step is some 25
+(``python -m charlm.worker``; ``charlm.workerproc`` starts it, and waits for its
+answers with a timeout). Processes, not threads: a time step is some 25
 small NumPy calls, and two threads spend much of it handing the GIL back and
 forth.
 
@@ -34,27 +35,25 @@ arithmetic and the order of the sum are fixed.
 from __future__ import annotations
 
 import contextvars
-import json
 import os
 import resource
 import subprocess
 import sys
-import tempfile
+import time
 import weakref
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
-from pathlib import Path
 
 import numpy as np
 
 from charlm import blas
-from charlm.errors import CharlmError
+from charlm.errors import CharlmError, WorkerError
 from charlm.model import CharModel, State
-from charlm.sharedmem import exchange_layout, exchange_views, remove, shared_file
+from charlm.sharedmem import remove, shared_file
+from charlm.workerproc import GRACE_S, SLOW_FACTOR, START_WAIT_S, Wait, WorkerProcess, min_wait, stop_process
 
 MIN_ROWS_PER_WORKER = 8  # smaller blocks make the per-step matrix products inefficient
-# a worker's BLAS starts no thread pool at all (its own limit then covers any library these miss)
-ONE_THREAD_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
 
 
 def available() -> bool:
@@ -77,146 +76,10 @@ def row_blocks(B: int, workers: int) -> list[slice]:
     return [slice(int(a), int(b)) for a, b in pairwise(bounds) if b > a]
 
 
-# --------------------------------------------------------------------------- #
-# One worker process
-# --------------------------------------------------------------------------- #
-
-
-class _Worker:
-    """A ``python -m charlm.worker`` process computing one row block per step."""
-
-    def __init__(self, index: int, model: CharModel, params_path: str, unlink: list[str]) -> None:
-        self.index = index
-        self.model = model
-        grad_path, grad_map = shared_file(model.grad_flat.nbytes)
-        unlink.append(grad_path)
-        self.grad = np.frombuffer(grad_map, model.dtype, model.num_params)  # (P,) the block's ∂L_k/∂flat
-        self._unlink = unlink  # files to remove (shared with DataParallel's clean-up)
-        self._mapped = [grad_path]  # files the worker maps before its next answer
-        self._exchange_key = None
-        self._exchange: dict[str, np.ndarray] = {}
-        self.ready = False  # the worker's first line (after init) has been read
-        self.blas_threads = 0  # the BLAS threads the worker runs with, as its first line says
-        self.peak_rss_kb = 0
-        self._stderr = tempfile.TemporaryFile()
-        env = dict(os.environ)
-        env.update(dict.fromkeys(ONE_THREAD_ENV, "1"))
-        package_root = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "charlm.worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            env=env,
-            start_new_session=True,  # Ctrl-C reaches the main process only, which decides when to stop
-        )
-        self._send(
-            {
-                "op": "init",
-                "config": json.loads(model.config.to_json()),
-                "dtype": model.dtype.str,
-                "params": params_path,
-                "grad": grad_path,
-            }
-        )
-
-    def send_step(self, ids, targets, state: State, masks, err: dict) -> None:
-        T, B = ids.shape
-        key = (T, B, masks is not None)
-        if key != self._exchange_key:
-            layout, nbytes = exchange_layout(self.model, T, B, masks is not None)
-            path, buf = shared_file(nbytes)
-            self._unlink.append(path)
-            self._mapped.append(path)
-            self._exchange = exchange_views(buf, layout)
-            self._exchange_key = key
-            self._exchange_path = path
-        x = self._exchange
-        x["ids"][...] = ids
-        x["targets"][...] = targets
-        for layer, arrays in enumerate(state):
-            for s, a in enumerate(arrays):
-                x["state_in"][layer, s] = a
-        if masks is not None:
-            for layer, m in enumerate(masks):
-                x["masks"][layer] = m
-        self._send(
-            {"op": "step", "exchange": self._exchange_path, "T": T, "B": B, "masks": masks is not None, "err": err}
-        )
-
-    def receive(self) -> tuple[float, State]:
-        """The answer to the step sent last: (loss, final state of the block's rows)."""
-        if not self.ready:
-            self.blas_threads = self._read()["blas_threads"]
-            self.ready = True
-        reply = self._read()
-        for path in self._mapped:  # the worker has mapped them; the mappings outlive the names
-            remove(path)
-            self._unlink.remove(path)
-        self._mapped.clear()
-        out = self._exchange["state_out"]
-        new_state = [tuple(out[layer, s].copy() for s in range(out.shape[1])) for layer in range(out.shape[0])]
-        return reply["loss"], new_state
-
-    def close_log(self) -> None:
-        """Drop the file that holds the worker's stderr (once the worker has stopped)."""
-        self._stderr.close()
-
-    def _send(self, message: dict) -> None:
-        try:
-            self.proc.stdin.write(json.dumps(message).encode() + b"\n")
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError):
-            raise self._died() from None
-
-    def _read(self) -> dict:
-        line = self.proc.stdout.readline()
-        if not line:
-            raise self._died()
-        reply = json.loads(line)
-        self.peak_rss_kb = max(self.peak_rss_kb, reply.get("peak_rss_kb", 0))
-        if reply["ok"]:
-            return reply
-        if reply["error"] == "FloatingPointError":
-            raise FloatingPointError(reply["message"])
-        if reply["error"] == "MemoryError":
-            raise MemoryError(reply["message"])
-        raise CharlmError(f"training worker process {self.index} failed: {reply['error']}: {reply['message']}")
-
-    def _died(self) -> CharlmError:
-        try:
-            code = self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            code = None
-        self._stderr.seek(0)
-        lines = self._stderr.read().decode(errors="replace").strip().splitlines()
-        how = "not responding" if code is None else f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
-        last = f": {lines[-1]}" if lines else ""
-        return CharlmError(
-            f"training worker process {self.index} ended unexpectedly ({how}){last}. "
-            "Try again, or train in one row block, without worker processes."
-        )
-
-
-def _stop_process(proc: subprocess.Popen) -> None:
-    """Close the worker's stdin (it exits at end of input) and wait; kill it if it does not."""
-    try:
-        proc.stdin.close()
-    except OSError:
-        pass
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    proc.stdout.close()
-
-
 def _cleanup(procs: list[subprocess.Popen], paths: list[str]) -> None:
     """Stop the workers and remove the shared files: at close, on collection or at exit."""
     for proc in procs:
-        _stop_process(proc)
+        stop_process(proc)
     for path in paths:
         remove(path)
     paths.clear()
@@ -240,12 +103,20 @@ class DataParallel:
     The gradient is written to ``model.grad_flat`` as if the model had run the
     whole batch itself. Worker processes start at the first step that needs
     them and stop at ``close`` (or when this object is collected, or at exit).
+
+    A worker that does not answer within SLOW_FACTOR times the slowest row block
+    so far (at least ``min_wait()`` seconds), or within GRACE_S once
+    ``stop_requested()`` is true, is terminated with the others, and the step
+    raises WorkerError (see ``charlm.workerproc``).
     """
 
-    def __init__(self, model: CharModel, workers: int) -> None:
+    def __init__(self, model: CharModel, workers: int, stop_requested: Callable[[], bool] | None = None) -> None:
         self.model = model
         self.workers = max(1, workers)
-        self._procs: list[_Worker] = []
+        self.stop_requested = stop_requested  # a stop was asked for: wait for answers only GRACE_S more
+        self.min_wait = min_wait() if self.workers > 1 else 0.0  # the least seconds to wait for an answer
+        self.slowest = 0.0  # seconds of the slowest row block so far, from sending it to its answer
+        self._procs: list[WorkerProcess] = []
         self._pool: ThreadPoolExecutor | None = None
         self._params: np.ndarray | None = None  # (P,) shared copy of model.flat
         self._params_path: str | None = None  # its file, until every worker has mapped it
@@ -274,16 +145,27 @@ class DataParallel:
         self, ids: np.ndarray, targets: np.ndarray, state: State, rng: np.random.Generator | None = None
     ) -> tuple[float, State]:
         """``CharModel.loss_and_grads`` of the whole batch. The dropout masks are drawn
-        for the whole batch before it is split, so they are the serial run's draws."""
+        for the whole batch before it is split, so they are the serial run's draws; a
+        step lost with a worker (WorkerError) leaves ``rng`` as it was."""
         T, B = ids.shape
         blocks = row_blocks(B, min(self.workers, B))
+        drawn_from = rng.bit_generator.state if rng is not None and len(blocks) > 1 else None
         masks = None
         if self.model.config.dropout > 0.0 and rng is not None:
             masks = self.model.draw_dropout_masks(rng, T, B)  # (T, B, H) per layer, same draws as serial
         if len(blocks) == 1:
             return self.model.loss_and_grads(ids, targets, state, rng=rng, dropout_masks=masks)
-        batch = (ids, targets, state, masks)
+        try:
+            return self._parallel_step(blocks, (ids, targets, state, masks))
+        except WorkerError:
+            if rng is not None:  # the step is lost: the next try draws its dropout masks again
+                rng.bit_generator.state = drawn_from
+            raise
+
+    def _parallel_step(self, blocks: list[slice], batch: tuple) -> tuple[float, State]:
+        """Send each worker its block, compute the first here, and combine the answers."""
         workers = self._start(len(blocks) - 1)
+        sent = time.monotonic()
         np.copyto(self._params, self.model.flat)
         err = np.geterr()  # the caller's floating-point policy holds in the workers too
         try:
@@ -292,16 +174,19 @@ class DataParallel:
         except CharlmError:  # a worker is gone: stop the others too, a later step starts afresh
             self.close()
             raise
-        results = self._own_block_then_answers(_block(batch, blocks[0]), workers)
+        results = self._own_block_then_answers(_block(batch, blocks[0]), workers, sent)
         if self._params_path is not None:  # every worker has mapped it
             remove(self._params_path)
             self._unlink.remove(self._params_path)
             self._params_path = None
         return self._combine(blocks, workers, results)
 
-    def _own_block_then_answers(self, block: tuple, workers: list[_Worker]) -> list[tuple[float, State]]:
+    def _own_block_then_answers(
+        self, block: tuple, workers: list[WorkerProcess], sent: float
+    ) -> list[tuple[float, State]]:
         """Compute block 1 here, on one BLAS thread, then read every worker's answer:
-        each block's (loss, final state), in block order."""
+        each block's (loss, final state), in block order. ``sent``: when the step began
+        (``time.monotonic()``), from which the blocks are timed."""
         ids, targets, state, masks = block
         results: list[tuple[float, State]] = []
         failure: BaseException | None = None
@@ -314,23 +199,36 @@ class DataParallel:
                 )
         except BaseException as e:  # still read every worker's answer, so the next step starts in step
             failure = e
-        in_step = True  # every worker has answered and waits for the next step
-        for w in workers:
+        self.slowest = max(self.slowest, time.monotonic() - sent)
+        wait = self._wait(workers)
+        for k, w in enumerate(workers):
+            starting = not w.ready  # a first answer includes the start-up: not a measure of a block
             try:
-                results.append(w.receive())
+                results.append(w.receive(wait))
             except (FloatingPointError, MemoryError) as e:  # a whole answer, reporting the worker's error
                 failure = failure or e
-            except BaseException as e:  # a dead worker, or interrupted while waiting for one
-                failure = failure or e
-                in_step = False
-        if failure is not None:
-            if not in_step:
+            except BaseException as e:  # a dead or silent worker, or interrupted while waiting for one
+                for late in workers[k:]:  # what they are computing is lost: end them now
+                    late.terminate()
                 self.close()  # a later step starts afresh
+                raise failure or e from None
+            if not starting:
+                self.slowest = max(self.slowest, time.monotonic() - sent)
+        if failure is not None:
             raise failure
         return results
 
+    def _wait(self, workers: list[WorkerProcess]) -> Wait:
+        """How long this step's answers may take: SLOW_FACTOR slowest blocks, at least
+        ``min_wait`` seconds (START_WAIT_S more while a worker starts), or GRACE_S once a
+        stop is requested (longer if a block takes longer)."""
+        timeout = max(self.min_wait, SLOW_FACTOR * self.slowest)
+        if not all(w.ready for w in workers):
+            timeout += START_WAIT_S
+        return Wait(timeout, max(GRACE_S, 2.0 * self.slowest), self.stop_requested)
+
     def _combine(
-        self, blocks: list[slice], workers: list[_Worker], results: list[tuple[float, State]]
+        self, blocks: list[slice], workers: list[WorkerProcess], results: list[tuple[float, State]]
     ) -> tuple[float, State]:
         """The batch's loss and final state from the blocks'; ∇L = Σ_k (B_k / B) ∇L_k
         accumulated into the main model's gradient."""
@@ -349,7 +247,7 @@ class DataParallel:
         ]
         return loss, new_state
 
-    def _start(self, n: int) -> list[_Worker]:
+    def _start(self, n: int) -> list[WorkerProcess]:
         """``n`` running workers: started at the first call (again if ``n`` changed)."""
         if len(self._procs) != n:
             self._stop_workers()
@@ -360,7 +258,7 @@ class DataParallel:
             procs: list[subprocess.Popen] = []
             self._finalizer = weakref.finalize(self, _cleanup, procs, self._unlink)
             for k in range(1, n + 1):
-                self._procs.append(_Worker(k, self.model, self._params_path, self._unlink))
+                self._procs.append(WorkerProcess(k, self.model, self._params_path, self._unlink))
                 procs.append(self._procs[-1].proc)
         return self._procs
 

@@ -18,7 +18,11 @@ training time used, so the decay always finishes.
 
 Safety: SIGINT and SIGTERM are caught while the loop runs (``charlm.signals``);
 the current step finishes, ``last.safetensors`` is written (atomically) and the
-summary says which signal stopped the run. A non-finite loss, gradient norm,
+summary says which signal stopped the run. A worker process that ends or does
+not answer in time (``charlm.parallel``) loses its step: the run stops with
+``WorkerError`` after saving the last completed step to ``last.safetensors``, or,
+if a signal was waiting for that step, drops it with a warning and stops as
+interrupted. A non-finite loss, gradient norm,
 validation loss or weight stops training with ``TrainingDiverged`` before
 anything is written, so the checkpoints on disk are always the last good ones.
 ``charlm.resume`` rebuilds a Trainer from ``last.safetensors`` (``restore``) —
@@ -31,17 +35,17 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from charlm import checkpoint
 from charlm.budget import RunClock, TimeBudget
+from charlm.callbacks import Callbacks, TrainSummary
 from charlm.config import TrainConfig, TrainState
 from charlm.corpus import Corpus
 from charlm.data import BatchStream
-from charlm.errors import CharlmError, CheckpointError, TrainingDiverged
+from charlm.errors import CharlmError, CheckpointError, TrainingDiverged, WorkerError
 from charlm.evaluate import pass_step_seconds, scoring_steps
 from charlm.model import CharModel
 from charlm.optim import Adam, clip_grad_norm_, learning_rate, timed_learning_rate
@@ -50,47 +54,6 @@ from charlm.runfolder import RunFolder
 from charlm.signals import signals_call
 from charlm.validation import Validation
 from charlm.vocab import Vocab
-
-
-class Callbacks:
-    """Hooks the training loop calls; override what you need. ``show_reading`` asks
-    for progress bars while the corpus is read; ``on_notice`` gets one-line notices
-    from preparing a run (e.g. where a large corpus is cached)."""
-
-    show_reading = False
-
-    def on_notice(self, text: str) -> None: ...
-
-    def on_start(self, trainer: Trainer) -> None: ...
-
-    def on_step(self, trainer: Trainer, loss: float) -> None: ...
-
-    def on_eval(self, trainer: Trainer, record: dict) -> None: ...
-
-    def on_final(self, trainer: Trainer, record: dict) -> None:
-        """After the best weights were validated on the whole held-out text (``record``
-        holds step, best_step, best_val_loss, val_chars: the characters predicted, elapsed)."""
-
-    def on_end(self, trainer: Trainer, summary: TrainSummary) -> None: ...
-
-
-@dataclass
-class TrainSummary:
-    run_dir: Path
-    steps: int
-    chars_seen: int
-    elapsed: float  # seconds of the run from start-up, validations and checkpoints included
-    train_seconds: float  # seconds spent in training steps
-    best_val: float  # nats/char, on the val_chars held-out characters once the run has ended
-    best_step: int
-    final_train: float
-    history: list[dict] = field(default_factory=list)
-    interrupted: int | None = None  # the signal that stopped the run early (0: request_stop), else None
-    val_chars: int = 0  # held-out characters best_val was measured on (0: not yet, the run was interrupted)
-
-    @property
-    def best_val_bits(self) -> float:
-        return self.best_val / math.log(2)
 
 
 class Trainer:
@@ -117,7 +80,8 @@ class Trainer:
         self.validation = Validation(self, corpus.val_ids)  # the held-out text, the best validation so far
         self.optimizer = Adam(model.num_params, model.dtype)
         workers = config.threads or default_workers(config.batch_size)
-        self.stepper = DataParallel(model, workers)  # loss_and_grads over row blocks on the cores
+        # loss_and_grads over row blocks on the cores; a stop request cuts the wait for a silent worker short
+        self.stepper = DataParallel(model, workers, stop_requested=lambda: self.stop_signal is not None)
         self.rng = np.random.default_rng(config.seed + 1)  # dropout
         self.state = model.zero_state(config.batch_size)  # carried a<t> (and c<t>) per layer, (B, H) each
         self.step = 0  # optimizer steps taken
@@ -223,7 +187,13 @@ class Trainer:
                     last = last or self.step + 1 >= self.step_limit
                     self.total_steps = min(self.total_steps, self.step_limit)
             t0 = time.perf_counter()
-            loss = self.train_step(progress)
+            try:
+                loss = self.train_step(progress)
+            except WorkerError as e:  # the step is lost, the model is as the last completed step left it
+                if self.stop_signal is None:
+                    raise self._worker_lost(e) from None
+                self.callbacks.on_warning(f"warning: {str(e).rstrip('.')}; the step in progress was dropped.")
+                break
             window_loss += loss
             window_steps += 1
             self.callbacks.on_step(self, loss)
@@ -263,6 +233,18 @@ class Trainer:
             self.stop_signal,
             v.final_chars,
         )
+
+    def _worker_lost(self, e: WorkerError) -> WorkerError:
+        """After a worker was lost: the last completed step saved (if any), and the error to raise."""
+        what = str(e).rstrip(".")
+        if self.step == 0:
+            return WorkerError(f"{what}. No training step had completed, so nothing is saved.")
+        if self.saved_step != self.step:
+            self.elapsed = self.clock()
+            self.save(self.folder.last)
+        kept = f"{what}. The workers were ended; step {self.step} is saved in {self.folder.last}"
+        details = {"what": what, "step": self.step, "path": self.folder.last, "run_dir": self.run_dir}
+        return WorkerError(f"{kept}, from which the run can resume.", kind="worker_lost", **details)
 
     def diverged(self, what: str, step: int) -> TrainingDiverged:
         """The one-line report of a numerical blow-up: what, when, what survives, what to try."""

@@ -109,6 +109,15 @@ def _nan_weights(path: Path) -> None:
     path.write_bytes(bytes(raw))
 
 
+def _cut_with_pickle_like_length(path: Path) -> None:
+    """Pad the header to a length of 0x0280 + 65536k (its first bytes read like pickle's
+    PROTO 2), then cut the file inside the header."""
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    length = n + (0x0280 - n) % 65536
+    path.write_bytes(struct.pack("<Q", length) + raw[8 : 8 + n] + b" " * (length // 2 - n))
+
+
 # --------------------------------------------------------------------------- #
 # The cases
 # --------------------------------------------------------------------------- #
@@ -349,6 +358,13 @@ CASES = [
         1,
         r"truncated",
         ckpt(then=lambda p: p.write_bytes(p.read_bytes()[:-100])),
+    ),
+    Case(
+        "ckpt-truncated-length-like-pickle",
+        ["sample", "-c", "good.safetensors"],
+        1,
+        r"truncated checkpoint \(the header runs past the end of the file\)",
+        ckpt(then=_cut_with_pickle_like_length),
     ),
     Case(
         "ckpt-pickle",

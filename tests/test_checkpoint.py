@@ -107,22 +107,65 @@ def test_pickle_is_refused_without_unpickling(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("prefix", [b"\x80", b"(d", b"(l", b"}q", b"]q"])
+@pytest.mark.parametrize("prefix", [b"\x80", b"\x80\x02", b"\x80\x05", b"(d", b"(l", b"}q", b"]q"])
 def test_a_header_length_that_starts_like_a_pickle_still_loads(tmp_path, prefix):
     """The header length is the file's first 8 bytes: a length of 128 + 256k, or one
     whose low bytes read "(d", opens like a pickle. It is still a safetensors file."""
     path, model, vocab = make(tmp_path)
-    blob = path.read_bytes()
-    (n,) = struct.unpack("<Q", blob[:8])
-    step = 256 ** len(prefix)
-    target = int.from_bytes(prefix, "little")
-    length = n + (target - n) % step  # the next length ≥ n whose first bytes are the prefix
-    header = blob[8 : 8 + n] + b" " * (length - n)  # safetensors pads its header with spaces
-    path.write_bytes(struct.pack("<Q", length) + header + blob[8 + n :])
+    path.write_bytes(with_length_prefix(path.read_bytes(), prefix))  # safetensors pads its header with spaces
     assert path.read_bytes().startswith(prefix)
     ck = load(path)
     assert ck.vocab == vocab
     assert all(np.array_equal(ck.params[k], p) for k, p in model.params.items())
+
+
+def with_length_prefix(blob: bytes, prefix: bytes) -> bytes:
+    """``blob`` (a safetensors file) with its header padded so that the 8-byte header
+    length starts with ``prefix`` (little-endian)."""
+    (n,) = struct.unpack("<Q", blob[:8])
+    step = 256 ** len(prefix)
+    length = n + (int.from_bytes(prefix, "little") - n) % step  # the next length ≥ n that starts so
+    return struct.pack("<Q", length) + blob[8 : 8 + n] + b" " * (length - n) + blob[8 + n :]
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("unpickled!",))
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+@pytest.mark.parametrize(
+    "obj", [Evil(), {"w": [0.5] * 300, "step": 7}, list(range(1000)), "a{b"], ids=["evil", "dict", "list", "str"]
+)
+def test_a_real_pickle_is_named_a_pickle(tmp_path, protocol, obj):
+    p = tmp_path / "model.pt"
+    p.write_bytes(pickle.dumps(obj, protocol=protocol))
+    with pytest.raises(CheckpointError, match="Python pickle"):
+        load(p)
+
+
+@pytest.mark.parametrize("prefix", [b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"])
+@pytest.mark.parametrize(
+    "cut,match",
+    [
+        (lambda b, n: b[: 8 + n // 2], r"truncated checkpoint \(the header runs past the end"),
+        (lambda b, n: b[:-100], r"damaged or truncated checkpoint \(tensor .* out of bounds"),
+        (lambda b, n: b[:8] + b"[" + b[9:], r"damaged checkpoint \(the header is not"),
+    ],
+    ids=["cut-in-header", "cut-in-tensors", "header-not-an-object"],
+)
+def test_a_damaged_file_whose_length_reads_like_pickle_protocol_is_not_called_a_pickle(tmp_path, prefix, cut, match):
+    """A header length of 0x0280 + 65536k opens like PROTO 2: a damaged file with it is
+    refused for what is wrong with it, not named a pickle."""
+    path, *_ = make(tmp_path)
+    blob = with_length_prefix(path.read_bytes(), prefix)
+    path.write_bytes(blob)
+    load(path)  # the undamaged file loads
+    (n,) = struct.unpack("<Q", blob[:8])
+    path.write_bytes(cut(blob, n))
+    with pytest.raises(CheckpointError, match=match) as e:
+        load(path)
+    assert "pickle" not in str(e.value)
 
 
 @pytest.mark.parametrize(

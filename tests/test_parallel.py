@@ -4,13 +4,16 @@ processes that leave nothing behind."""
 from __future__ import annotations
 
 import os
+import re
 import signal
+import threading
+import time
 
 import numpy as np
 import pytest
 
 from charlm import blas
-from charlm.errors import CharlmError
+from charlm.errors import WorkerError
 from charlm.model import CharModel, ModelConfig
 from charlm.parallel import DataParallel, row_blocks
 
@@ -133,13 +136,99 @@ def test_a_killed_worker_is_one_clear_error():
     ids = np.zeros((4, 8), np.int64)
     dp = DataParallel(model, 2)
     dp.loss_and_grads(ids, ids, model.zero_state(8))
-    os.kill(dp._procs[0].proc.pid, signal.SIGKILL)
-    with pytest.raises(CharlmError, match=r"worker process 1 ended unexpectedly \(killed by signal 9\).*one row block"):
+    pid = dp._procs[0].proc.pid
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(
+        WorkerError, match=rf"process 1 \(pid {pid}\) ended unexpectedly \(killed by signal 9\).*one row block"
+    ):
         dp.loss_and_grads(ids, ids, model.zero_state(8))
     assert dp._procs == [] and dp._params is None  # cleaned up at once
     loss, _ = dp.loss_and_grads(ids, ids, model.zero_state(8))  # and usable again
     assert np.isfinite(loss)
     dp.close()
+
+
+@pytest.fixture
+def hang_guard():
+    """Fail, rather than hang, a test whose step never returns (SIGALRM after 30 s)."""
+
+    def hung(signum, frame):
+        raise AssertionError("the step hung: no answer and no timeout")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(30)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def _stopped_worker_step(dp, model, rng, stop=None):
+    """A step of ``dp`` whose worker has been stopped with SIGSTOP (and ``stop`` set):
+    (the error, seconds it took)."""
+    ids = np.zeros((4, 8), np.int64)
+    dp.loss_and_grads(ids, ids, model.zero_state(8), rng=rng)  # the worker is up and has answered
+    pid = dp._procs[0].proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    if stop is not None:
+        stop.set()
+    before = rng.bit_generator.state
+    t0 = time.monotonic()
+    with pytest.raises(WorkerError) as e:
+        dp.loss_and_grads(ids, ids, model.zero_state(8), rng=rng)
+    took = time.monotonic() - t0
+    assert f"training worker process 1 (pid {pid}) did not answer within" in str(e.value)
+    assert "it is stopped (SIGSTOP or SIGTSTP)" in str(e.value)
+    assert rng.bit_generator.state == before  # the lost step's dropout draws are drawn again next time
+    assert dp._procs == [] and not os.path.exists(f"/proc/{pid}/stat")  # ended (SIGTERM + SIGCONT) and reaped
+    if stop is not None:
+        stop.clear()
+    loss, _ = dp.loss_and_grads(ids, ids, model.zero_state(8), rng=rng)  # a new worker takes over
+    assert np.isfinite(loss)
+    return e.value, took
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs /proc")
+def test_a_stopped_worker_is_reported_and_ended_after_the_timeout(hang_guard):
+    _, model = _setup(dropout=0.3)
+    with DataParallel(model, 2) as dp:
+        dp.min_wait = 0.3  # what $CHARLM_WORKER_TIMEOUT sets; the blocks here take milliseconds
+        error, took = _stopped_worker_step(dp, model, np.random.default_rng(3))
+    waited = float(re.search(r"did not answer within ([\d.]+) s;", str(error)).group(1))
+    assert 0.3 <= waited <= took < 5  # 0.3 s, or 20 blocks if a loaded machine made a block slower
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs /proc")
+def test_a_stop_request_cuts_the_wait_for_a_stopped_worker_short(monkeypatch, hang_guard):
+    import charlm.parallel as parallel
+
+    monkeypatch.setattr(parallel, "GRACE_S", 0.2)
+    _, model = _setup(dropout=0.3)
+    stop = threading.Event()
+    with DataParallel(model, 2, stop_requested=stop.is_set) as dp:
+        assert dp.min_wait == 30.0  # the default: only the stop request ends this wait early
+        error, took = _stopped_worker_step(dp, model, np.random.default_rng(3), stop)
+    assert re.search(r"did not answer within [\d.]+ s of the request to stop;", str(error))
+    assert took < 5
+
+
+@pytest.mark.parametrize(
+    "value,seconds",
+    [(None, 30.0), ("", 30.0), ("5", 5.0), (" 0.5 ", 0.5), ("abc", None), ("0", None), ("-1", None), ("inf", None)],
+)
+def test_the_least_wait_for_an_answer_comes_from_the_environment(monkeypatch, value, seconds):
+    from charlm.errors import UsageError
+    from charlm.workerproc import min_wait
+
+    if value is None:
+        monkeypatch.delenv("CHARLM_WORKER_TIMEOUT", raising=False)
+    else:
+        monkeypatch.setenv("CHARLM_WORKER_TIMEOUT", value)
+    if seconds is None:
+        with pytest.raises(UsageError, match=r"^CHARLM_WORKER_TIMEOUT=.*a number greater than 0"):
+            min_wait()
+    else:
+        assert min_wait() == seconds
 
 
 def test_peak_rss_counts_the_workers():
@@ -185,10 +274,10 @@ def test_the_main_process_computes_its_block_on_one_blas_thread_only(several_thr
 @pytest.mark.parametrize("variables", [True, False], ids=["with-thread-variables", "limit-alone"])
 def test_a_worker_process_runs_on_one_blas_thread(several_threads, variables, monkeypatch):
     """The worker limits its own BLAS, even without the *_NUM_THREADS variables it is started with."""
-    import charlm.parallel as parallel
+    import charlm.workerproc as workerproc
 
     if not variables:
-        monkeypatch.setattr(parallel, "ONE_THREAD_ENV", ())
+        monkeypatch.setattr(workerproc, "ONE_THREAD_ENV", ())
         for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS"):
             monkeypatch.delenv(name, raising=False)
     _, model = _setup()

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import threading
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from typer.testing import CliRunner
 from charlm import checkpoint
 from charlm.cli import app
 from charlm.config import ModelConfig, TrainConfig
-from charlm.errors import CheckpointError, CorpusError, TrainingDiverged, UsageError
+from charlm.errors import CheckpointError, CorpusError, TrainingDiverged, UsageError, WorkerError
 from charlm.prepare import prepare_run
 from charlm.resume import resume_run
 from charlm.train import Callbacks
@@ -386,3 +387,47 @@ def test_cli_resume_forms_with_a_shipped_corpus(tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     assert last_params(tmp_path / "runs" / "shakespeare")[2] == 4
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["shakespeare"]
+
+
+class StallAt(Callbacks):
+    """After step ``k``, stops the worker process with SIGSTOP, as if it hung. Then
+    either the wait for its answer times out (shortened to 0.3 s, as $CHARLM_WORKER_TIMEOUT
+    can), or with ``ctrl_c`` a stop is requested 0.3 s into the next step, as SIGINT would."""
+
+    def __init__(self, k: int, ctrl_c: bool) -> None:
+        self.k, self.ctrl_c, self.warnings = k, ctrl_c, []
+
+    def on_step(self, trainer, loss):
+        if trainer.step == self.k:
+            os.kill(trainer.stepper._procs[0].proc.pid, signal.SIGSTOP)
+            trainer.stepper.min_wait = 60.0 if self.ctrl_c else 0.3
+            if self.ctrl_c:
+                threading.Timer(0.3, trainer.request_stop, (signal.SIGINT,)).start()
+
+    def on_warning(self, text):
+        self.warnings.append(text)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ctrl_c", [False, True], ids=["timeout", "ctrl-c"])
+def test_a_step_lost_with_a_stopped_worker_is_redone_exactly_on_resume(small_corpus, tmp_path, monkeypatch, ctrl_c):
+    """The lost step's dropout draws are drawn again: stalled at step 17 (not a save
+    step) and resumed, the run ends bit-identical to one that never stalled."""
+    import charlm.parallel
+
+    monkeypatch.setattr(charlm.parallel, "GRACE_S", 0.2)  # the wait for an answer after a stop request
+    straight = make_trainer(small_corpus, tmp_path / "straight", 0.3, threads=2)
+    straight.run()
+    stall = StallAt(SPLIT, ctrl_c)
+    first = make_trainer(small_corpus, tmp_path / "split", 0.3, callbacks=stall, threads=2)
+    if ctrl_c:
+        assert first.run().interrupted == signal.SIGINT
+        assert len(stall.warnings) == 1 and re.search(r"within [\d.]+ s of the request to stop", stall.warnings[0])
+    else:
+        with pytest.raises(WorkerError, match=rf"within [\d.]+ s; it is stopped .* step {SPLIT} is saved in"):
+            first.run()
+    resumed = resume_run(tmp_path / "split" / "last.safetensors", small_corpus)
+    assert resumed.step == SPLIT
+    resumed.run()
+    assert np.array_equal(resumed.model.flat, straight.model.flat)
+    assert resumed.rng.bit_generator.state == straight.rng.bit_generator.state

@@ -330,3 +330,39 @@ def test_the_readmes_word_counts_of_the_corpora():
 
     assert [count("news", w) for w in ("pair", "pairs", "pear", "pears")] == [2, 2, 0, 0]
     assert [count("shakespeare", w) for w in ("pair", "pear")] == [14, 1]
+
+
+def test_one_known_character_without_a_newline_is_not_called_unknown():
+    """A model with no newline feeds a sentence's first character: "a" leaves nothing to
+    score, and the message says so without claiming unknown characters were dropped."""
+    vocab = Vocab.from_text("ab")
+    model = CharModel(ModelConfig(len(vocab), embed=3, hidden=4, layers=1), seed=0)
+    with pytest.raises(CharlmError) as e:
+        score_sentences(model, vocab, ["ab", "a"])
+    assert "sentence 2:" in str(e.value) and "no newline" in str(e.value) and "unknown" not in str(e.value)
+    with pytest.raises(CharlmError) as e:  # only the characters really unknown are named
+        score_sentences(model, vocab, ["xa", "ab"], unknown="skip")
+    assert "sentence 1:" in str(e.value) and "('x' U+0078 ×1) are dropped" in str(e.value) and "'a'" not in str(e.value)
+    assert score_sentences(model, vocab, ["ab"])[0].chars == 1
+    newline = Vocab.from_text("ab\n")
+    model = CharModel(ModelConfig(len(newline), embed=3, hidden=4, layers=1), seed=0)
+    assert score_sentences(model, newline, ["a"])[0].chars == 1  # fed "\n", "a" scored
+
+
+@pytest.mark.slow
+def test_score_a_on_a_model_without_a_newline_through_the_console_script(tmp_path):
+    from tests.test_cli import TINY, run_cli
+
+    (tmp_path / "ab.txt").write_text("ab" * 600, encoding="utf-8")  # no newline anywhere
+    r = run_cli("train", "ab.txt", "--steps", "5", *TINY, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    s = run_cli("score", "a", "-c", "runs/ab", cwd=tmp_path)
+    assert s.returncode == 1 and s.stdout == ""
+    assert s.stderr.startswith(
+        "error: sentence 1: fewer than two characters the model knows; this model has no newline"
+    )
+    assert "unknown" not in s.stderr and len(s.stderr.splitlines()) == 1
+    s = run_cli("score", "xa", "-c", "runs/ab", "--unknown", "skip", cwd=tmp_path)
+    assert s.returncode == 1 and "('x' U+0078 ×1) are dropped" in s.stderr
+    s = run_cli("score", "ab", "-c", "runs/ab", cwd=tmp_path)
+    assert s.returncode == 0 and s.stderr == "" and "ab" in s.stdout

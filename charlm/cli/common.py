@@ -113,6 +113,8 @@ WORDING: dict[str, str] = {
     "(now {lr:g}) or a lower --clip (now {clip:g}).",
     "diverged_kept": "training diverged at step {step}: {what}. The last good checkpoint, {kept} (step {kept_step}), "
     "is kept; try a lower --lr (now {lr:g}) or a lower --clip (now {clip:g}), from scratch or with --resume {run_dir}.",
+    "worker_lost": "{what}. The workers were ended; step {step:,} is saved in {path}; resume with: "
+    "charlm train {corpus} --resume {run_dir}",
 }
 
 

@@ -79,12 +79,15 @@ class TrainingDisplay(Callbacks):
         )
         self._say(line)
 
+    def on_warning(self, text: str) -> None:
+        self._say(text)
+
     def _say(self, line: str) -> None:
         """A line above the progress bar, or on its own without one."""
         if self.bar is not None:
             self.bar.write(line, file=self.console.file)
         else:
-            self.console.print(line)
+            self.console.print(line, markup=False)
 
     def on_final(self, trainer: Trainer, record: dict) -> None:
         line = (

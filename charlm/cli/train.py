@@ -13,7 +13,7 @@ import typer
 from typer.core import TyperCommand
 
 from charlm.cli.common import DEFAULT_MINUTES, app, err, flag, out, user_errors, warn_threads_over_cores
-from charlm.errors import UsageError
+from charlm.errors import UsageError, WorkerError
 
 if TYPE_CHECKING:  # imported lazily, so that --help stays instant
     from charlm.config import ModelConfig, TrainConfig
@@ -150,6 +150,9 @@ def train(
 
     Ctrl-C (or SIGTERM) stops after the current step, saves last.safetensors and
     prints the command that resumes the run (exit code 130, or 143 for SIGTERM).
+    A worker process (--threads) that does not answer within 20 times the slowest
+    step (at least 30 seconds, or $CHARLM_WORKER_TIMEOUT) ends the run with the
+    last completed step saved (exit code 1).
     """
     from charlm.config import ModelConfig, TrainConfig
     from charlm.corpora import resolve
@@ -180,7 +183,12 @@ def train(
     else:
         trainer = _new_run(path, stem, name, out_dir, model_config, config, started)
     warn_threads_over_cores(threads)
-    summary = trainer.run()
+    try:
+        summary = trainer.run()
+    except WorkerError as e:  # the last completed step is saved: the message says how to go on from it
+        if e.kind == "worker_lost":
+            e.details.update(corpus=shlex.quote(corpus), run_dir=shlex.quote(str(e.details["run_dir"])))
+        raise
     _report_training(summary, corpus)
 
 
