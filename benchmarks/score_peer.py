@@ -44,8 +44,10 @@ class PeerError(Exception):
 def read_checkpoint(path: Path) -> tuple[dict, str, dict, dict]:
     """(model config, vocabulary characters, corpus fingerprint, float32 weights) of a charlm checkpoint."""
     import numpy as np
+    import safetensors
     from safetensors import safe_open
 
+    unreadable = (OSError, ValueError, getattr(safetensors, "SafetensorError", ValueError))
     try:
         with safe_open(str(path), framework="numpy") as f:
             meta = f.metadata() or {}
@@ -53,11 +55,14 @@ def read_checkpoint(path: Path) -> tuple[dict, str, dict, dict]:
                 raise PeerError(f"{path}: not a charlm checkpoint (no 'format: charlm' metadata)")
             names = [k for k in f.keys() if not k.startswith(("optimizer.", "state."))]
             weights = {k: np.asarray(f.get_tensor(k), dtype=np.float32) for k in names}
-    except (OSError, ValueError) as e:  # missing file, not safetensors
+    except unreadable as e:  # missing file, not safetensors
         raise PeerError(f"{path}: cannot read it as safetensors ({e})") from None
-    config = json.loads(meta["config"])
-    vocab = "".join(map(chr, json.loads(meta["vocab"])))
-    corpus = json.loads(meta.get("corpus") or "{}")
+    try:
+        config = json.loads(meta["config"])
+        vocab = "".join(map(chr, json.loads(meta["vocab"])))
+        corpus = json.loads(meta.get("corpus") or "{}")
+    except (KeyError, ValueError, TypeError):
+        raise PeerError(f"{path}: its config or vocabulary metadata is missing or damaged") from None
     return config, vocab, corpus, weights
 
 
