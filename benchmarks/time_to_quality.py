@@ -342,6 +342,12 @@ def parse_args(argv: list[str] | None = None):
         default=Path(sys.executable),
         help="Interpreter whose environment's 'charlm' script runs.",
     )
+    p.add_argument(
+        "--runs",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="Keep charlm's run folders in this (new or empty) folder. (default: a temporary one)",
+    )
     p.add_argument("--out", type=Path, default=RESULTS_MD, help="Markdown report whose section is updated.")
     p.add_argument(
         "--json", dest="json_out", type=Path, default=argparse.SUPPRESS,
@@ -350,6 +356,7 @@ def parse_args(argv: list[str] | None = None):
     args = p.parse_args(argv)
     if "json_out" not in args:
         args.json_out = args.out.with_name("time_to_quality.json")
+    args.runs = getattr(args, "runs", None)
     return args
 
 
@@ -377,17 +384,20 @@ def main(argv: list[str] | None = None) -> None:
             raise BenchError(str(e).rstrip(".")) from None
         with tempfile.TemporaryDirectory(prefix="charlm-ttq-") as tmp:
             tail_file = Path(tmp) / "tail.txt"
+            run_dir = args.runs or Path(tmp)
             tail_file.write_text(tail, encoding="utf-8")
             for minutes in args.minutes:
                 for seed in args.seeds:
                     for system in args.systems:
                         print(f"{system}: {minutes:g} min, seed {seed} …", file=sys.stderr, flush=True)
                         if system == "charlm":
-                            res = run_charlm(charlm, args.corpus, minutes, seed, Path(tmp), tail_file, len(tail))
+                            res = run_charlm(charlm, args.corpus, minutes, seed, run_dir, tail_file, len(tail))
                         else:
                             script = {"lstm": "recipe_peer.py", "nanogpt": "nanogpt_peer.py"}[system]
                             res = run_peer(script, args.corpus, minutes, seed, system)
                         runs.append({"minutes": minutes, "seed": seed, "system": system, "result": res})
+                        loss = loss_of(res, system)
+                        print(f"{system}: {minutes:g} min, seed {seed}: {loss:.4f} nats/char", file=sys.stderr)
     except BenchError as e:
         fail(f"{e}. Nothing was written")
     except KeyboardInterrupt:
