@@ -167,3 +167,19 @@ def test_process_started_is_in_the_past():
     from benchlib import process_started
 
     assert time.perf_counter() - 60.0 <= process_started() <= time.perf_counter()
+
+
+def test_compare_keeps_the_sections_other_scripts_write_and_drops_its_own(tmp_path):
+    """compare.py rewrites RESULTS.md: its own old sections go (a run without sampling must not keep stale
+    sampling figures), every other script's section stays."""
+    import compare
+
+    md = tmp_path / "RESULTS.md"
+    md.write_text(
+        "# R\n\n## Machine\n\nold\n\n## Time to quality\n\nttq\n\n## Sampling throughput (config B, batch 1)\n\n"
+        "old\n\n## Scoring speed\n\nss\n",
+        encoding="utf-8",
+    )
+    kept = [t for t in compare.kept_sections(md) if not t.startswith(compare.OWN_SECTIONS)]
+    assert kept == ["Time to quality", "Scoring speed"]
+    assert compare.kept_sections(tmp_path / "missing.md") == {}
