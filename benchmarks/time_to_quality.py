@@ -395,6 +395,11 @@ def main(argv: list[str] | None = None) -> None:
                         else:
                             script = {"lstm": "recipe_peer.py", "nanogpt": "nanogpt_peer.py"}[system]
                             res = run_peer(script, args.corpus, minutes, seed, system)
+                        if res["held_out"] != len(tail):  # e.g. charlm's default val_frac changed: not the same tail
+                            raise BenchError(
+                                f"{system} held out {res['held_out']:,} characters, not the {len(tail):,} of the "
+                                f"benchmark's tail (the last {VAL_FRAC:.0%}); the systems would not score the same text"
+                            )
                         runs.append({"minutes": minutes, "seed": seed, "system": system, "result": res})
                         loss = loss_of(res, system)
                         print(f"{system}: {minutes:g} min, seed {seed}: {loss:.4f} nats/char", file=sys.stderr)
