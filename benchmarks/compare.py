@@ -16,8 +16,8 @@ Each run reports the median of its own timed windows; per series this script
 reports the median of each side over the pairs, the ratio of those medians
 (charlm ÷ PyTorch) and the smallest and largest per-pair ratio, and checks them
 against the goals of issues #3 and #4. It writes benchmarks/RESULTS.md (keeping
-its "Quality at equal time" section, which quality.py writes) and every raw
-figure to benchmarks/results.json.
+the sections other scripts write there: quality.py's, time_to_quality.py's, …)
+and every raw figure to benchmarks/results.json.
 
     python benchmarks/compare.py                         # the full comparison (about 10 minutes)
     python benchmarks/compare.py --pairs 1 --windows 1 --window-seconds 0.2 --configs A --out /tmp/R.md
@@ -50,14 +50,21 @@ from benchlib import (
     fmt_ratio,
     nproc,
     pins_line,
-    read_section,
     run_as_user,
+    split_sections,
     thread_env,
     user_env,
     write_atomic,
 )
 
-QUALITY_SECTION = "Quality at equal time"
+# the sections this script writes (a run without some series leaves theirs out: old figures are not kept)
+OWN_SECTIONS = ("Machine", "Protocol", "Training throughput", "Sampling throughput", "Peak memory")
+
+
+def kept_sections(path: Path) -> dict[str, str]:
+    """The sections of an existing report, by title: those other scripts write are kept."""
+    return split_sections(path.read_text(encoding="utf-8"))[1] if path.is_file() else {}
+
 
 SIZES = {  # name: (layers, hidden, embed, batch, seq_len)
     "A": (1, 128, 64, 32, 64),
@@ -419,9 +426,9 @@ def main(argv: list[str] | None = None) -> None:
     minutes = (time.perf_counter() - t0) / 60
     load = (load_start, os.getloadavg()[0])
     report = render(summaries, info, command, args, started, minutes, load)
-    quality = read_section(args.out, QUALITY_SECTION)
-    if quality:
-        report += "\n" + quality.rstrip("\n") + "\n"
+    for title, text in kept_sections(args.out).items():  # quality.py's, time_to_quality.py's, …
+        if not title.startswith(OWN_SECTIONS):
+            report += "\n" + text.rstrip("\n") + "\n"
     dump = {
         "command": command,
         "date": started.isoformat(timespec="seconds"),

@@ -133,50 +133,11 @@ def load_data(corpus: str):
 
 
 def torch_val_loss(model, ids) -> float:
-    """Mean nats/char of ids[1:] given the preceding text: charlm.evaluate.surprisal_chunks in PyTorch.
+    """Mean nats/char of ids[1:] given the preceding text, in charlm.evaluate's rows (score_peer.score_rows)."""
+    from score_peer import score_rows
 
-    Row b of B predicts targets [bL, (b+1)L), L = ⌊(N−1)/B⌋, T' = 128 steps at a time with the state
-    carried; the last (N−1) − BL targets are predicted by continuing from the end of the last row.
-    Before that, rows b ≥ 1 read the W = EVAL_WARMUP characters before their start, unscored.
-    """
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-
-    n_targets = len(ids) - 1
-    B = max(1, min(EVAL_BATCH, n_targets // EVAL_SEQ or 1))
-    L = n_targets // B
-    ids64 = np.asarray(ids, dtype=np.int64)
-    rows_x = torch.from_numpy(ids64[: B * L].reshape(B, L).T.copy())  # (L, B)
-    rows_y = torch.from_numpy(ids64[1 : B * L + 1].reshape(B, L).T.copy())  # (L, B)
-    total, count, state = 0.0, 0, None
-
-    def score(x, y, state):
-        logits, state = model(x, state)  # (T', B, V)
-        nats = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none")
-        return float(nats.double().sum()), nats.numel(), state
-
-    was_training = model.training
-    model.eval()
-    with torch.inference_mode():
-        W = min(EVAL_WARMUP, L)
-        if B > 1 and W > 0:
-            before = np.stack([ids64[b * L - W : b * L] for b in range(1, B)], axis=1)  # (W, B−1)
-            _, (h, c) = model(torch.from_numpy(before), None)  # (layers, B−1, H) each
-            zero = torch.zeros_like(h[:, :1])
-            state = (torch.cat([zero, h], dim=1), torch.cat([zero, c], dim=1))
-        for s in range(0, L, EVAL_SEQ):
-            nats, n, state = score(rows_x[s : s + EVAL_SEQ], rows_y[s : s + EVAL_SEQ], state)
-            total, count = total + nats, count + n
-        rest = n_targets - B * L
-        if rest:
-            tail = tuple(part[:, B - 1 : B].contiguous() for part in state)  # (layers, 1, H) each
-            x = torch.from_numpy(ids64[B * L : B * L + rest].reshape(rest, 1).copy())
-            y = torch.from_numpy(ids64[B * L + 1 : B * L + rest + 1].reshape(rest, 1).copy())
-            nats, n, _ = score(x, y, tail)
-            total, count = total + nats, count + n
-    model.train(was_training)
-    return total / count
+    nats, count = score_rows(model, ids, EVAL_BATCH, EVAL_SEQ, EVAL_WARMUP)
+    return nats / count
 
 
 def run_torch(corpus: str, seconds: float, seed: int) -> dict:

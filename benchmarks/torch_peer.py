@@ -57,8 +57,10 @@ class BenchConfig:
     sample_chars: int = 2000  # characters per sampling window
 
 
-def build_model(cfg: BenchConfig, seed: int = 0):
-    """nn.Embedding → nn.LSTM/GRU/RNN (time-major) → nn.Linear, PyTorch's default initialisation."""
+def build_model(cfg: BenchConfig, seed: int = 0, dropout: float = 0.0):
+    """nn.Embedding → nn.LSTM/GRU/RNN (time-major) → nn.Linear, PyTorch's default initialisation.
+
+    ``dropout``: as charlm's, between the recurrent layers (nn.LSTM's own) and before the decoder."""
     import torch
     from torch import nn
 
@@ -68,13 +70,15 @@ def build_model(cfg: BenchConfig, seed: int = 0):
         def __init__(self) -> None:
             super().__init__()
             self.embedding = nn.Embedding(cfg.vocab, cfg.embed)
-            self.rnn = rnn_class(cfg.embed, cfg.hidden, cfg.layers)  # nn.RNN: nonlinearity="tanh"
+            between = dropout if cfg.layers > 1 else 0.0  # nn.LSTM warns about dropout with one layer
+            self.rnn = rnn_class(cfg.embed, cfg.hidden, cfg.layers, dropout=between)  # nn.RNN: nonlinearity="tanh"
+            self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
             self.decoder = nn.Linear(cfg.hidden, cfg.vocab)
 
         def forward(self, x: torch.Tensor, state=None):
             e = self.embedding(x)  # (T, B, E)
             a, state = self.rnn(e, state)  # (T, B, H)
-            return self.decoder(a), state  # (T, B, V)
+            return self.decoder(self.drop(a)), state  # (T, B, V)
 
     torch.manual_seed(seed)
     return CharRNN()

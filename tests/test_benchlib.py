@@ -61,3 +61,125 @@ def test_a_run_without_onednn_judges_no_goal_and_keeps_the_results_of_record():
     unjudged = compare.summarize(series, runs, goal_applies=False)
     assert unjudged["ratio"] == 1.5 and unjudged["met"] is None
     assert compare.yes_no(unjudged["met"]) == "—"
+
+
+def _ttq_run(minutes, seed, system, loss):
+    """A fake result of time_to_quality.py's run of ``system`` (the fields its report reads)."""
+    common = {"chars": 600_000, "elapsed": 60.0 * minutes, "wall": 60.0 * minutes + 2, "held_out": 111_539}
+    if system == "charlm":
+        used = {
+            "model": {"layers": 2, "hidden": 256, "cell": "lstm", "embed": 64, "dropout": 0.0},
+            "train": {"batch_size": 32, "seq_len": 64, "lr": 3e-3, "eval_every": 200},
+        }
+        extra = {"tail_nats": loss, "run_best_val": loss, "steps": 1000, "used": used, "command": "charlm train x"}
+        extra["differs_from_dataclasses"] = []
+    elif system == "lstm":
+        recipe = {"model": used_model(), "train": used_train()}
+        extra = {"tail_nats": loss, "steps": 900, "recipe": recipe, "ignored": ["TrainConfig.new_setting"]}
+    else:
+        extra = {
+            "tail_sliding": loss,
+            "tail_blocks": loss + 0.03,
+            "iters": 5000,
+            "params": 803_328,
+            "score_seconds": 90,
+        }
+    return {"minutes": minutes, "seed": seed, "system": system, "result": {**common, **extra}}
+
+
+def used_model():
+    return {"layers": 2, "hidden": 256, "cell": "lstm", "embed": 64, "dropout": 0.0, "forget_bias": 0.0}
+
+
+def used_train():
+    return {
+        "batch_size": 32,
+        "seq_len": 64,
+        "lr": 3e-3,
+        "warmup": 50,
+        "final_lr_frac": 0.1,
+        "clip": 5.0,
+        "eval_every": 200,
+    }
+
+
+def test_time_to_quality_judges_the_goals_on_the_means_over_the_seeds(tmp_path):
+    """10 minutes: charlm 1.41 against nanoGPT 1.475 on the means is 0.065 lower, met; 3 minutes: equal
+    means are not 'lower'; charlm against the LSTM peer per budget; 30 minutes not measured."""
+    import time_to_quality as ttq
+
+    losses = {
+        (10.0, "charlm"): (1.40, 1.42), (10.0, "nanogpt"): (1.48, 1.47), (10.0, "lstm"): (1.40, 1.40),
+        (3.0, "charlm"): (1.60, 1.60), (3.0, "nanogpt"): (1.59, 1.61), (3.0, "lstm"): (1.61, 1.61),
+    }  # fmt: skip
+    runs = [_ttq_run(m, seed, system, x[seed]) for (m, system), x in losses.items() for seed in (0, 1)]
+    rows = ttq.summarize(runs)
+    assert abs(rows[(10.0, "charlm")]["mean"] - 1.41) < 1e-12 and rows[(3.0, "nanogpt")]["steps"] == 5000
+    assert abs(rows[(3.0, "nanogpt-blocks")]["mean"] - 1.63) < 1e-12
+    text = "\n".join(ttq.goals(rows))
+    assert (
+        "10 minutes, charlm lower than nanoGPT's recipe by ≥ 0.06 nats/char: charlm − nanoGPT = -0.0650: **met**"
+        in text
+    )
+    assert "3 minutes, charlm lower than nanoGPT's recipe: charlm − nanoGPT = +0.0000: **not met**" in text
+    assert "3 minutes, charlm no worse than the PyTorch LSTM with its recipe: charlm − peer = -0.0100: **met**" in text
+    assert (
+        "10 minutes, charlm no worse than the PyTorch LSTM with its recipe: charlm − peer = +0.0100: **not met**"
+        in text
+    )
+    assert "30-minute default run ≤ 1.40: not measured" in text
+    data = {"runs": runs, "date": "2026-12-03T12:00:00", "blas": "NumPy", "torch": "2.13.0", "seeds": [0, 1]}
+    data |= {"corpus": "shakespeare", "thread_env": {}, "command": "python benchmarks/time_to_quality.py"}
+    report = ttq.render(data, rows)
+    assert (
+        report.startswith("## Time to quality\n")
+        and "| 10 min | charlm, its defaults | 1.4100 | 1.4000, 1.4200 |" in report
+    )
+    assert (
+        "(it does not follow: TrainConfig.new_setting)" in report and "its 111,538 characters after the first" in report
+    )
+
+
+def test_score_compare_ratios_are_the_peers_seconds_over_charlms_and_the_loss_is_checked():
+    import score_compare
+
+    def run(seconds, nats):
+        return {"seconds": seconds, "nats_per_char": nats, "chars": 1000}
+
+    runs = {
+        "charlm": [run(2.0, 1.5000), run(2.2, 1.5000), run(1.8, 1.5000)],
+        "peer": [run(3.0, 1.5001), run(2.0, 1.5001), run(4.0, 1.5001)],
+        "charlm_whole": [{"wall": w, "peak_rss_mb": 500.0} for w in (3.0, 3.1, 2.9)],
+        "peer_whole": [{"wall": w, "peak_rss_mb": 600.0} for w in (4.5, 4.6, 4.4)],
+        "sequential": {"sequential": {"nats_per_char": 1.5060}},
+    }
+    s = score_compare.summarize("m", runs)
+    assert s["ratio"] == 3.0 / 2.0 and s["met_speed"] and abs(s["range"][0] - 2.0 / 2.2) < 1e-12
+    assert abs(s["ratio_whole"] - 4.5 / 3.0) < 1e-12 and s["charlm_rss"] == 500.0
+    assert not s["met_loss"]  # 1.5000 against 1.5060: 0.006 apart
+    runs["sequential"]["sequential"]["nats_per_char"] = 1.5040
+    assert score_compare.summarize("m", runs)["met_loss"]
+
+
+def test_process_started_is_in_the_past():
+    import time
+
+    from benchlib import process_started
+
+    assert time.perf_counter() - 60.0 <= process_started() <= time.perf_counter()
+
+
+def test_compare_keeps_the_sections_other_scripts_write_and_drops_its_own(tmp_path):
+    """compare.py rewrites RESULTS.md: its own old sections go (a run without sampling must not keep stale
+    sampling figures), every other script's section stays."""
+    import compare
+
+    md = tmp_path / "RESULTS.md"
+    md.write_text(
+        "# R\n\n## Machine\n\nold\n\n## Time to quality\n\nttq\n\n## Sampling throughput (config B, batch 1)\n\n"
+        "old\n\n## Scoring speed\n\nss\n",
+        encoding="utf-8",
+    )
+    kept = [t for t in compare.kept_sections(md) if not t.startswith(compare.OWN_SECTIONS)]
+    assert kept == ["Time to quality", "Scoring speed"]
+    assert compare.kept_sections(tmp_path / "missing.md") == {}
