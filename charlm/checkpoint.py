@@ -14,8 +14,9 @@ Layout of a checkpoint file:
   ``CorpusFingerprint``: name, sha256, characters, how it was read).
 
 Loading parses the 8-byte header length and JSON header first (never pickle),
-checks every field, and reads the metadata once into those typed objects
-(``read_metadata``), so a damaged or foreign file is refused with a
+checks every field against one schema (``charlm.checkpoint_schema``: types,
+ranges, tensors the config implies) and reads the metadata once into those typed
+objects (``read_metadata``), so a damaged or foreign file is refused with a
 ``CheckpointError``.
 """
 
@@ -31,27 +32,19 @@ from pathlib import Path
 
 import numpy as np
 
+from charlm import checkpoint_schema
 from charlm.atomic import atomic_write
+from charlm.checkpoint_schema import Metadata
 from charlm.config import TrainConfig, TrainState
 from charlm.corpus import CorpusFingerprint
 from charlm.errors import CheckpointError
-from charlm.model import CELLS, CharModel, ModelConfig
+from charlm.model import CharModel, ModelConfig
 from charlm.vocab import Vocab
 
 FORMAT = "charlm"
 FORMAT_VERSION = 1
 MAX_HEADER = 100 * 1024 * 1024
 DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64}  # weights load as float32
-
-
-@dataclass(frozen=True)
-class Metadata:
-    """A checkpoint's metadata, read once into typed objects."""
-
-    config: ModelConfig  # the network
-    vocab: Vocab  # its characters
-    state: TrainState | None = None  # where training stood, with its TrainConfig (None: not recorded)
-    corpus: CorpusFingerprint | None = None  # the text it was trained on (None: not recorded)
 
 
 @dataclass
@@ -242,74 +235,20 @@ def read_header(path: Path) -> tuple[dict, dict]:
     return header, meta
 
 
-def _json_field(path: Path, meta: dict, key: str):
-    try:
-        return json.loads(meta[key])
-    except KeyError:
-        raise CheckpointError(f"{path}: damaged checkpoint (metadata {key!r} is missing).") from None
-    except (TypeError, ValueError, RecursionError):
-        raise CheckpointError(f"{path}: damaged checkpoint (metadata {key!r} is not valid JSON).") from None
-
-
-def _model_config(path: Path, cfg: object, n_tensors: int) -> ModelConfig:
-    """The stored model config, refused unless every field has the right type and range
-    (sizes are integers ≥ 1 — 3.0 is not — and no more layers than the file has tensors for)."""
-    try:
-        if not isinstance(cfg, dict):
-            raise TypeError
-        config = ModelConfig.from_dict(cfg)
-        sizes = (config.vocab_size, config.embed, config.hidden, config.layers)
-        if not all(_is_int(v) and v >= 1 for v in sizes):
-            raise ValueError
-        if not isinstance(config.cell, str) or config.cell not in CELLS:
-            raise ValueError
-        d = config.dropout
-        if isinstance(d, bool) or not isinstance(d, int | float) or not 0.0 <= d < 1.0:
-            raise ValueError
-        if config.layers > n_tensors // 4:  # each layer has four tensors
-            raise ValueError
-    except (TypeError, ValueError):
-        raise CheckpointError(f"{path}: damaged checkpoint (the model config is not valid).") from None
-    return config
-
-
 def read_metadata(path: Path, header: dict, meta: dict) -> Metadata:
-    """The metadata of a checked header (see ``read_header``) as typed objects:
-    model config, vocabulary, training state (with its settings) and corpus
-    fingerprint. Raises CheckpointError for anything damaged."""
-    config = _model_config(path, _json_field(path, meta, "config"), len(header))
-    try:
-        vocab = Vocab.from_json(meta.get("vocab", "null"))
-    except Exception:
-        raise CheckpointError(f"{path}: damaged checkpoint (the vocabulary is not valid).") from None
-    if len(vocab) != config.vocab_size:
-        raise CheckpointError(f"{path}: damaged checkpoint (vocabulary size does not match the config).")
-    train = _json_field(path, meta, "train") if "train" in meta else {}
-    corpus = _json_field(path, meta, "corpus") if "corpus" in meta else {}
-    if not isinstance(train, dict) or not isinstance(corpus, dict):
-        raise CheckpointError(f"{path}: damaged checkpoint (training metadata is not a JSON object).")
-    try:
-        state = TrainState.from_dict(train) if train else None
-        fingerprint = CorpusFingerprint.from_dict(corpus) if corpus else None
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: damaged checkpoint ({e}).") from None
-    return Metadata(config, vocab, state, fingerprint)
+    """The metadata of a checked header (see ``read_header``) as typed objects: model
+    config, vocabulary, training state (with its settings) and corpus fingerprint, every
+    field checked for type and range and the tensors against the config (see
+    ``charlm.checkpoint_schema``). Raises CheckpointError for anything damaged."""
+    return checkpoint_schema.parse(path, header, meta)
 
 
 def load(path: Path, with_extra: bool = True) -> Checkpoint:
     """Read and fully validate a checkpoint; raises CheckpointError, nothing else."""
     path = Path(path)
     header, meta = read_header(path)
-    md = read_metadata(path, header, meta)
+    md = read_metadata(path, header, meta)  # the tensors' names and shapes are checked here
     shapes = CharModel.param_shapes(md.config)
-    for name, shape in shapes.items():
-        if name not in header:
-            raise CheckpointError(f"{path}: damaged checkpoint (tensor {name!r} is missing).")
-        if tuple(header[name]["shape"]) != shape:
-            raise CheckpointError(
-                f"{path}: damaged checkpoint (tensor {name!r} has shape {tuple(header[name]['shape'])}, "
-                f"expected {shape})."
-            )
     try:
         from safetensors.numpy import load as st_load
 

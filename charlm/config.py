@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field, fields
 from charlm.errors import ConfigError
 
 CELL_NAMES = ("lstm", "gru", "rnn")  # the recurrent cells charlm.model builds
+MAX_LAYERS = 16  # N: stacked recurrent layers at most
+MAX_WIDTH = 8192  # E and H: embedding width and hidden units at most
 ERROR_POLICIES = ("strict", "replace")  # what decoding does with bytes that are not valid text
 
 
@@ -25,6 +27,11 @@ def _positive(setting: str, value: float | None) -> None:
 def _at_least(setting: str, value: int | None, low: int) -> None:
     if value is not None and value < low:
         raise ConfigError(setting, f"must be at least {low} (got {value}).")
+
+
+def _at_most(setting: str, value: int, high: int) -> None:
+    if value > high:
+        raise ConfigError(setting, f"must be at most {high} (got {value}).")
 
 
 @dataclass(frozen=True)
@@ -46,8 +53,9 @@ class ModelConfig:
                 "cell", f"{self.cell!r} is not a cell charlm knows; choose one of: {', '.join(CELL_NAMES)}."
             )
         _at_least("vocab_size", self.vocab_size, 0)
-        for name in ("embed", "hidden", "layers"):
+        for name, high in (("embed", MAX_WIDTH), ("hidden", MAX_WIDTH), ("layers", MAX_LAYERS)):
             _at_least(name, getattr(self, name), 1)
+            _at_most(name, getattr(self, name), high)
         if not 0.0 <= self.dropout <= 0.9:
             raise ConfigError(
                 "dropout", f"must be between 0 and 0.9 (got {self.dropout:g}): the probability of zeroing a unit."
@@ -64,8 +72,9 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
-        # checkpoints written before forget_bias was a setting were initialised with 1
-        return cls(**{"forget_bias": 1.0, **d})
+        """The stored config (its types checked by charlm.checkpoint_schema). An LSTM
+        written before forget_bias was a setting was initialised with 1; other cells have none."""
+        return cls(**{"forget_bias": 1.0 if d.get("cell", "lstm") == "lstm" else 0.0, **d})
 
 
 @dataclass
@@ -121,33 +130,13 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        """The stored settings; fields missing from an older checkpoint keep their
-        defaults, unknown ones are ignored. Raises ValueError for a wrong type."""
-        if not isinstance(d, dict):
-            raise ValueError("the training settings are not a JSON object")
-        known = {f.name: f for f in fields(cls) if f.name not in STORED_WITH_CORPUS}
-        values = {k: v for k, v in d.items() if k in known}
-        for k, v in values.items():
-            kind = known[k].type
-            ok = (
-                (v is None and "None" in kind)
-                or (kind.startswith("int") and _is_int(v))
-                or (kind.startswith("float") and _is_number(v))
-            )
-            if not ok:
-                raise ValueError(f"training setting {k!r} has the wrong type")
-        return cls(**values)
+        """The stored settings (their types checked by charlm.checkpoint_schema); fields
+        missing from an older checkpoint keep their defaults, unknown ones are ignored."""
+        known = {f.name for f in fields(cls) if f.name not in STORED_WITH_CORPUS}
+        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 STORED_WITH_CORPUS = ("encoding", "errors", "normalize", "keep_cr")  # TrainConfig fields the corpus fingerprint records
-
-
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: object) -> bool:
-    return _is_int(v) or isinstance(v, float)
 
 
 @dataclass
@@ -186,28 +175,16 @@ class TrainState:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainState:
-        """A stored training state; missing fields keep their defaults (an exported
-        model keeps only its history). Raises ValueError for a wrong type."""
-        if not isinstance(d, dict):
-            raise ValueError("the training state is not a JSON object")
-        values = {}
-        for f in fields(cls):
-            if f.name not in d or f.name in ("config", "rng", "val_curve"):
-                continue
-            v = d[f.name]
-            ok = (v is None and "None" in f.type) or (_is_int(v) if f.type.startswith("int") else _is_number(v))
-            if not ok:
-                raise ValueError(f"training state {f.name!r} has the wrong type")
-            values[f.name] = v
-        rng, config, curve = d.get("rng"), d.get("config"), d.get("val_curve", [])
-        if not (rng is None or isinstance(rng, dict)) or not isinstance(curve, list):
-            raise ValueError("the training state has the wrong type")
-        try:
-            curve = [[int(s), float(v)] for s, v in curve]
-        except (TypeError, ValueError):
-            raise ValueError("the validation curve is not a list of [step, loss] pairs") from None
-        config = None if config is None else TrainConfig.from_dict(config)
-        return cls(**values, rng=rng, config=config, val_curve=curve)
+        """A stored training state (its types checked by charlm.checkpoint_schema);
+        missing fields keep their defaults (an exported model keeps only its history),
+        unknown ones are ignored."""
+        known = {f.name for f in fields(cls)} - {"config", "val_curve"}
+        config, curve = d.get("config"), d.get("val_curve", [])
+        return cls(
+            **{k: v for k, v in d.items() if k in known},
+            config=None if config is None else TrainConfig.from_dict(config),
+            val_curve=[[int(s), float(v)] for s, v in curve],
+        )
 
 
 # --------------------------------------------------------------------------- #

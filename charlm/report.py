@@ -296,6 +296,9 @@ def runs_table(infos) -> PlainTable:
     """``charlm runs``: one row per run folder, newest first."""
     rows = []
     for r in infos:
+        if r.broken is not None:  # a checkpoint that cannot be read (runs.BrokenRun)
+            rows.append((r.path.parent, f"broken: {r.broken}", "–", "–", "–", human_duration(r.age_seconds) + " ago"))
+            continue
         cfg, best = r.config, r.best_val
         rows.append(
             (
@@ -364,16 +367,18 @@ def info_json(info) -> dict:
 
 
 def runs_json(infos) -> list[dict]:
-    """``charlm runs --json``: one object per run folder, newest first."""
+    """``charlm runs --json``: one object per run folder, newest first; a run whose
+    checkpoint cannot be read has ``broken`` (why) and nulls for what it would say."""
     return [
         {
             "run": str(r.path.parent),
             "checkpoint": str(r.path),
-            "model": asdict(r.config),
-            "params": r.params,
-            "steps": r.state.step if r.state is not None else 0,
-            "best_val": _best_val(r),
-            "corpus": r.corpus.name if r.corpus is not None else None,
+            "broken": r.broken,
+            "model": None if r.broken else asdict(r.config),
+            "params": None if r.broken else r.params,
+            "steps": None if r.broken else r.state.step if r.state is not None else 0,
+            "best_val": None if r.broken else _best_val(r),
+            "corpus": None if r.broken or r.corpus is None else r.corpus.name,
             "modified": r.modified,
             "age_seconds": r.age_seconds,
         }

@@ -169,6 +169,7 @@ class RunInfo:
     state: TrainState | None = None
     corpus: CorpusFingerprint | None = None
     val_curve: list[tuple[int, float]] | None = None
+    broken = None  # readable (see BrokenRun)
 
     @property
     def best_val(self) -> float:
@@ -213,15 +214,35 @@ def _curve(state: TrainState | None, path: Path) -> list[tuple[int, float]]:
     return curve
 
 
-def describe_runs(runs: Path) -> list[RunInfo]:
-    """Every run folder under ``runs`` with a readable checkpoint, newest first (none
-    when the folder does not exist). Folders whose checkpoint cannot be read are skipped."""
-    if not runs.is_dir():
-        return []
-    found = []
-    for d in sorted(p for p in runs.iterdir() if p.is_dir()):
+@dataclass
+class BrokenRun:
+    """A run folder whose checkpoint cannot be read: ``charlm runs`` lists it as broken."""
+
+    path: Path  # the checkpoint file
+    error: CharlmError  # why it cannot be read
+    modified: float  # mtime, seconds since the epoch
+
+    @property
+    def broken(self) -> str:
+        """What is wrong, without the file's name: for a bad header field, the field and its problem."""
+        details = self.error.details
+        if "field" in details and "problem" in details:
+            return f"{details['field']} {details['problem']}"
+        text, prefix = str(self.error), f"{self.path}: "
+        return text[len(prefix) :] if text.startswith(prefix) else text
+
+    @property
+    def age_seconds(self) -> float:
+        return max(0.0, time.time() - self.modified)
+
+
+def describe_runs(runs: Path) -> list[RunInfo | BrokenRun]:
+    """Every run folder under ``runs`` that holds a checkpoint, newest first (none when
+    the folder does not exist); one whose checkpoint cannot be read is a BrokenRun."""
+    found: list[RunInfo | BrokenRun] = []
+    for d in list_runs(runs):
         try:
             found.append(describe(d))
-        except CharlmError:
-            continue
+        except CharlmError as e:
+            found.append(BrokenRun(checkpoint_in(d), e, _mtime(d)))
     return sorted(found, key=lambda r: r.modified, reverse=True)

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from charlm import checkpoint_schema
 from charlm.config import ModelConfig, TrainConfig, TrainState
 from charlm.errors import ConfigError
 
@@ -104,8 +105,8 @@ def test_train_config_stores_the_same_keys_as_before_and_reads_them_back():
     assert back == TrainConfig(steps=60, lr=1e-3)
     # an older checkpoint lacking a setting keeps its default; unknown ones are ignored
     assert TrainConfig.from_dict({"lr": 0.5, "gone": 1}) == TrainConfig(lr=0.5)
-    with pytest.raises(ValueError):
-        TrainConfig.from_dict({"batch_size": "32"})
+    with pytest.raises(checkpoint_schema.Bad, match='train.config.batch_size must be an integer, not "32"'):
+        checkpoint_schema.train_state({"config": {"batch_size": "32"}})
 
 
 def test_model_config_of_an_old_checkpoint_gets_the_forget_bias_it_was_initialised_with():
@@ -154,8 +155,9 @@ def test_train_state_of_an_exported_model_keeps_its_history_only():
     [{"step": "5"}, {"step": True}, {"best_val": "low"}, {"rng": [1, 2]}, {"val_curve": [[1]]}, {"config": []}],
 )
 def test_train_state_refuses_wrong_types(bad):
-    with pytest.raises(ValueError):
-        TrainState.from_dict(bad)
+    """The checkpoint schema checks a stored state before TrainState.from_dict builds it."""
+    with pytest.raises(checkpoint_schema.Bad, match=r"^train\."):
+        checkpoint_schema.train_state(bad)
 
 
 def test_config_errors_and_worded_errors_survive_pickling():

@@ -35,10 +35,10 @@ def _good_checkpoint(folder: Path) -> bytes:
     model = CharModel(ModelConfig(len(vocab), embed=3, hidden=4, layers=2, dropout=0.1), seed=4)
     extra = {
         "optimizer.exp_avg": np.arange(model.num_params, dtype=np.float32),
-        "state.h_l0": np.ones((2, 4), np.float32),
+        "state.a_l0": np.ones((2, 4), np.float32),
     }
     path = folder / "good.safetensors"
-    save(path, model, vocab, {"step": 7, "best_val": 1.5}, {"sha256": "ab", "chars": 10}, extra)
+    save(path, model, vocab, {"step": 7, "best_val": 1.5}, {"sha256": "ab" * 32, "chars": 10}, extra)
     return path.read_bytes()
 
 

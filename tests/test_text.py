@@ -13,6 +13,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from charlm import checkpoint_schema
 from charlm import corpus as corpus_mod
 from charlm import text as text_mod
 from charlm.config import TrainConfig
@@ -195,8 +196,8 @@ def test_the_advice_does_not_depend_on_the_chunk_size(raw):
 def test_the_fingerprint_records_the_form_and_older_ones_read_raw():
     assert CorpusFingerprint.from_dict({"name": "x.txt"}).form == RAW
     assert CorpusFingerprint.from_dict({"nfc": True, "crlf_as_lf": True}).form == CLEAN
-    with pytest.raises(ValueError):
-        CorpusFingerprint.from_dict({"nfc": "yes"})
+    with pytest.raises(checkpoint_schema.Bad, match='corpus.nfc must be true or false or null, not "yes"'):
+        checkpoint_schema.corpus_fingerprint({"nfc": "yes"})
 
 
 def test_the_cache_key_includes_the_text_form(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ import typer
 
 from charlm.cli.common import app, check_threads, err, out, user_errors, warn_threads_over_cores
 from charlm.cli.output import print_json
+from charlm.config import MAX_LAYERS, MAX_WIDTH
 from charlm.errors import UsageError
 
 # --------------------------------------------------------------------------- #
@@ -104,7 +105,7 @@ def runs(
         bool, typer.Option("--json", help="Print a JSON list, newest first (fields in the README).")
     ] = False,
 ) -> None:
-    """List the runs under ./runs with their best validation loss and age."""
+    """List the runs under ./runs with their best validation loss and age (a run whose checkpoint cannot be read: as broken)."""
     from charlm.report import runs_json, runs_table
     from charlm.runs import describe_runs
 
@@ -115,6 +116,13 @@ def runs(
         print_json(runs_json(found))
     elif found:
         out.print(runs_table(found))
+    broken = sum(r.broken is not None for r in found)
+    if broken:  # listed, and the others with them: still a listing, so exit status 0
+        err.print(
+            f"warning: {broken} run(s) have a checkpoint charlm cannot read, listed as broken; "
+            "'charlm info RUN' says why in full.",
+            markup=False,
+        )
 
 
 # --------------------------------------------------------------------------- #
@@ -126,9 +134,9 @@ def runs(
 @user_errors
 def bench(
     cell: Annotated[str, typer.Option(help="Recurrent cell to measure: lstm, gru or rnn.")] = "lstm",
-    layers: Annotated[int, typer.Option(min=1, max=16, help="Stacked recurrent layers.")] = 2,
-    hidden: Annotated[int, typer.Option(min=1, max=8192, help="Hidden units per layer (H).")] = 256,
-    embed: Annotated[int, typer.Option(min=1, max=8192, help="Embedding width (E).")] = 64,
+    layers: Annotated[int, typer.Option(min=1, max=MAX_LAYERS, help="Stacked recurrent layers.")] = 2,
+    hidden: Annotated[int, typer.Option(min=1, max=MAX_WIDTH, help="Hidden units per layer (H).")] = 256,
+    embed: Annotated[int, typer.Option(min=1, max=MAX_WIDTH, help="Embedding width (E).")] = 64,
     batch: Annotated[int, typer.Option("--batch-size", "--batch", min=1, help="Batch rows (B) for training.")] = 32,
     seq_len: Annotated[int, typer.Option(min=1, help="Steps per chunk (T) for training.")] = 64,
     vocab: Annotated[int, typer.Option(min=2, max=65536, help="Vocabulary size of the synthetic data.")] = 65,

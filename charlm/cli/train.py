@@ -13,6 +13,7 @@ import typer
 from typer.core import TyperCommand
 
 from charlm.cli.common import DEFAULT_MINUTES, app, err, flag, out, user_errors, warn_threads_over_cores
+from charlm.config import MAX_LAYERS, MAX_WIDTH
 from charlm.errors import UsageError, WorkerError
 
 if TYPE_CHECKING:  # imported lazily, so that --help stays instant
@@ -57,9 +58,9 @@ def train(
             "Recorded in the checkpoint, so sample, perplexity and --resume need no flag."
         ),
     ] = "lstm",
-    layers: Annotated[int, typer.Option(min=1, max=16, help="Stacked recurrent layers.")] = 2,
-    hidden: Annotated[int, typer.Option(min=1, max=8192, help="Hidden units per layer (H).")] = 256,
-    embed: Annotated[int, typer.Option(min=1, max=8192, help="Character embedding width (E).")] = 64,
+    layers: Annotated[int, typer.Option(min=1, max=MAX_LAYERS, help="Stacked recurrent layers.")] = 2,
+    hidden: Annotated[int, typer.Option(min=1, max=MAX_WIDTH, help="Hidden units per layer (H).")] = 256,
+    embed: Annotated[int, typer.Option(min=1, max=MAX_WIDTH, help="Character embedding width (E).")] = 64,
     dropout: Annotated[
         float, typer.Option(help="Dropout probability between layers and before the decoder, 0–0.9.")
     ] = 0.0,
