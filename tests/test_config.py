@@ -50,6 +50,9 @@ def test_defaults_pass_their_checks():
         ({"cell": "rnn", "forget_bias": -1.0}, "forget_bias", "a rnn cell has none"),
         ({"hidden": 0}, "hidden", "at least 1"),
         ({"layers": 0}, "layers", "at least 1"),
+        ({"layers": 17}, "layers", "at most 16"),
+        ({"hidden": 8193}, "hidden", "at most 8192"),
+        ({"embed": 8193}, "embed", "at most 8192"),
     ],
 )
 def test_model_config_check_names_the_field(changes, setting, words):
@@ -112,6 +115,23 @@ def test_train_config_stores_the_same_keys_as_before_and_reads_them_back():
 def test_model_config_of_an_old_checkpoint_gets_the_forget_bias_it_was_initialised_with():
     assert ModelConfig.from_dict({"vocab_size": 5, "cell": "lstm"}).forget_bias == 1.0
     assert ModelConfig.from_dict({"vocab_size": 5, "forget_bias": 0.0}).forget_bias == 0.0
+    # a GRU or RNN has no forget gate: none was initialised, and its config passes its check
+    for cell in ("gru", "rnn"):
+        old = ModelConfig.from_dict({"vocab_size": 5, "cell": cell})
+        assert old.forget_bias == 0.0
+        old.check()
+
+
+def test_the_checkpoint_schema_lists_every_stored_field():
+    """A field added to a stored dataclass without a line in the schema's tables fails here."""
+    from dataclasses import fields
+
+    from charlm.corpus import CorpusFingerprint
+
+    assert set(checkpoint_schema.MODEL) == {f.name for f in fields(ModelConfig)}
+    assert set(checkpoint_schema.TRAIN) | {"rng", "config", "val_curve"} == {f.name for f in fields(TrainState)}
+    assert set(checkpoint_schema.TRAIN_CONFIG) == set(TrainConfig().to_dict())
+    assert set(checkpoint_schema.CORPUS) == {f.name for f in fields(CorpusFingerprint)}
 
 
 # The training state exactly as the untyped dict of 1ce1bb7 wrote it (json.dumps, sort_keys).
