@@ -158,7 +158,18 @@ INFO_FIELDS = {
     "best_val",
     "val_curve",
 }
-RUNS_FIELDS = {"run", "checkpoint", "model", "params", "steps", "best_val", "corpus", "modified", "age_seconds"}
+RUNS_FIELDS = {
+    "run",
+    "checkpoint",
+    "broken",
+    "model",
+    "params",
+    "steps",
+    "best_val",
+    "corpus",
+    "modified",
+    "age_seconds",
+}
 MODEL_FIELDS = {"vocab_size", "cell", "embed", "hidden", "layers", "dropout", "forget_bias"}
 
 
@@ -188,6 +199,7 @@ def test_info_and_runs_json(tmp_path, run_dir):
     runs = json.loads(here("runs", "--json", cwd=tmp_path).stdout)
     assert len(runs) == 1 and set(runs[0]) == RUNS_FIELDS
     assert runs[0]["run"] == str(Path("runs") / "small") and runs[0]["params"] == info["params"]
+    assert runs[0]["broken"] is None  # readable (see test_header_cli.py for broken runs)
 
 
 # --------------------------------------------------------------------------- #
