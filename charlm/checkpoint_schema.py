@@ -34,6 +34,7 @@ from charlm.config import CELL_NAMES, ERROR_POLICIES, ModelConfig, TrainConfig, 
 from charlm.corpus import CorpusFingerprint
 from charlm.errors import CharlmError, CheckpointError, ConfigError
 from charlm.model import CELLS, CharModel
+from charlm.text import check_decoding
 from charlm.vocab import MAX_VOCAB, Vocab
 
 INT, NUMBER, STR, BOOL = "an integer", "a number", "a string", "true or false"
@@ -65,8 +66,6 @@ def _sha256(v: str) -> str | None:
 
 
 def _encoding(v: str) -> str | None:
-    from charlm.text import check_decoding
-
     try:
         check_decoding(v, "strict")
     except (CharlmError, ValueError):  # ValueError: a NUL in the name

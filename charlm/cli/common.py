@@ -74,8 +74,8 @@ WORDING: dict[str, str] = {
     "Name a new file or an existing regular one.",
     "export_unchecked": "cannot look at {path} ({reason}). Export to a folder you can read and write.",
     "half_overflow": "a weight is too large for float16; save without --half.",
-    "bad_header": "{path}: damaged checkpoint: {field} {problem}. Use another copy of the model ('charlm export "
-    "RUN FILE' writes one from a run folder), or train it again.",
+    "bad_header": "{path}: damaged checkpoint: {field} {problem}. Use another copy of the model (a run folder "
+    "holds two: best.safetensors and last.safetensors), or train it again.",
     "text_too_short_for_batch": "the training text has {chars:,} characters, too short for one batch of "
     "{batch_size} rows × {seq_len} steps (needs at least {needed:,}). "
     "Use a longer text or smaller --batch-size/--seq-len.",
