@@ -16,7 +16,8 @@ Each run reports the median of its own timed windows; per series this script
 reports the median of each side over the pairs, the ratio of those medians
 (charlm ÷ PyTorch) and the smallest and largest per-pair ratio, and checks them
 against the goals of issues #3 and #4. It writes benchmarks/RESULTS.md (keeping
-its "Quality at equal time" section, which quality.py writes) and every raw
+its "Quality at equal time" and "Memory estimate" sections, which quality.py and
+memory_estimate.py write) and every raw
 figure to benchmarks/results.json.
 
     python benchmarks/compare.py                         # the full comparison (about 10 minutes)
@@ -55,6 +56,7 @@ from benchlib import (
 )
 
 QUALITY_SECTION = "Quality at equal time"
+KEPT_SECTIONS = (QUALITY_SECTION, "Memory estimate")  # written by quality.py and memory_estimate.py
 
 SIZES = {  # name: (layers, hidden, embed, batch, seq_len)
     "A": (1, 128, 64, 32, 64),
@@ -414,9 +416,10 @@ def main(argv: list[str] | None = None) -> None:
     minutes = (time.perf_counter() - t0) / 60
     load = (load_start, os.getloadavg()[0])
     report = render(summaries, info, command, args, started, minutes, load)
-    quality = read_section(args.out, QUALITY_SECTION)
-    if quality:
-        report += "\n" + quality.rstrip("\n") + "\n"
+    for title in KEPT_SECTIONS:  # written by other scripts
+        kept = read_section(args.out, title)
+        if kept:
+            report += "\n" + kept.rstrip("\n") + "\n"
     dump = {
         "command": command,
         "date": started.isoformat(timespec="seconds"),

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from charlm import memory
 from charlm.atomic import atomic_write
 from charlm.config import TrainConfig, TrainState
 from charlm.corpus import CorpusFingerprint
@@ -289,8 +290,12 @@ def read_metadata(path: Path, header: dict, meta: dict) -> Metadata:
     return Metadata(config, vocab, state, fingerprint)
 
 
-def load(path: Path, with_extra: bool = True) -> Checkpoint:
-    """Read and fully validate a checkpoint; raises CheckpointError, nothing else."""
+def load(path: Path, with_extra: bool = True, memory_for: str | None = "use") -> Checkpoint:
+    """Read and fully validate a checkpoint; raises CheckpointError, nothing else, or
+    NotEnoughMemory before any tensor is read when the memory available is too small
+    for what the caller does with it, ``memory_for`` (see ``charlm.memory.loading``):
+    "use" (build the model and score or sample), "export" (build it and write it
+    again) or None (checked by the caller, e.g. a training run's own estimate)."""
     path = Path(path)
     header, meta = read_header(path)
     md = read_metadata(path, header, meta)
@@ -303,6 +308,8 @@ def load(path: Path, with_extra: bool = True) -> Checkpoint:
                 f"{path}: damaged checkpoint (tensor {name!r} has shape {tuple(header[name]['shape'])}, "
                 f"expected {shape})."
             )
+    if memory_for is not None:
+        memory.check_loading(path, loading_estimate(path, header, md.config, with_extra, memory_for == "export"))
     try:
         from safetensors.numpy import load as st_load
 
@@ -321,6 +328,20 @@ def load(path: Path, with_extra: bool = True) -> Checkpoint:
             raise CheckpointError(f"{path}: damaged checkpoint (tensor {n!r} holds NaN or infinity).")
     extra = {n: t for n, t in tensors.items() if n not in shapes} if with_extra else {}
     return Checkpoint(md.config, md.vocab, params, md.state, md.corpus, extra, path)
+
+
+def loading_estimate(
+    path: Path, header: dict, config: ModelConfig, with_extra: bool = True, export: bool = False
+) -> memory.Estimate:
+    """What reading the checkpoint ``path`` (its checked ``header``) and using its model
+    of ``config`` needs at the peak (``charlm.memory.loading``), from the header's sizes."""
+    sizes = {name: entry["data_offsets"][1] - entry["data_offsets"][0] for name, entry in header.items()}
+    params = sum(n for name, n in sizes.items() if name in CharModel.param_shapes(config))
+    try:
+        file_bytes = path.stat().st_size
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read it ({e.strerror or e}).") from None
+    return memory.loading(config, file_bytes, params, sum(sizes.values()) - params, with_extra, export)
 
 
 # Training-state fields that describe a model's history; a shipped model keeps
@@ -366,7 +387,7 @@ def export(src: Path, dst: Path, half: bool = False) -> Checkpoint:
     without the optimizer moments and carried state, optionally as float16.
     ``dst`` must be a new name or a regular file (see ``check_export_destination``)."""
     check_export_destination(dst)
-    ck = load(src, with_extra=False)
+    ck = load(src, with_extra=False, memory_for="export")
     history = ck.state.to_dict(HISTORY_FIELDS) if ck.state is not None else None
     save(dst, ck.build_model(), ck.vocab, history, ck.corpus, half=half)
     return ck

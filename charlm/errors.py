@@ -51,3 +51,12 @@ class ConfigError(UsageError):
 
 class TrainingDiverged(CharlmError):
     """The loss, the gradient or the weights stopped being finite numbers."""
+
+
+class NotEnoughMemory(CharlmError):
+    """The work asked for needs more memory than the machine has available.
+
+    ``kind`` is "memory"; ``details``: ``what`` (the work, e.g. "training this
+    model"), ``needed`` and ``available`` (bytes), ``breakdown`` (the largest
+    parts, worded), ``smaller`` (setting → a smaller value with which it fits; empty
+    when no setting can help)."""
