@@ -43,7 +43,7 @@ from charlm.sysmem import available_bytes
 
 FLOAT = 4  # bytes of a float32, every model array's dtype
 INT = 8  # bytes of an int64, the dtype of a chunk's ids and targets
-RUNTIME = 56 * 2**20  # the main process before any model: Python, NumPy, OpenBLAS's buffers, charlm and its CLI
+RUNTIME = 64 * 2**20  # the main process before any model (Python, NumPy, charlm, its CLI), and room for allocator slack
 WORKER_RUNTIME = 40 * 2**20  # a worker process before its first block
 HEADER = 2**18  # a checkpoint's JSON header (tensor entries, vocabulary, validation curve), at most about
 USABLE = 0.9  # share of the memory available an estimate may fill: the rest is for the estimate's error
