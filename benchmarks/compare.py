@@ -16,8 +16,8 @@ Each run reports the median of its own timed windows; per series this script
 reports the median of each side over the pairs, the ratio of those medians
 (charlm ÷ PyTorch) and the smallest and largest per-pair ratio, and checks them
 against the goals of issues #3 and #4. It writes benchmarks/RESULTS.md (keeping
-the sections other scripts write there: quality.py's, time_to_quality.py's, …)
-and every raw figure to benchmarks/results.json.
+the sections other scripts write there: quality.py's, time_to_quality.py's,
+memory_estimate.py's, …) and every raw figure to benchmarks/results.json.
 
     python benchmarks/compare.py                         # the full comparison (about 10 minutes)
     python benchmarks/compare.py --pairs 1 --windows 1 --window-seconds 0.2 --configs A --out /tmp/R.md

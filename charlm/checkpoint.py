@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from charlm import checkpoint_schema
+from charlm import checkpoint_schema, memory
 from charlm.atomic import atomic_write
 from charlm.checkpoint_schema import Metadata
 from charlm.config import TrainConfig, TrainState
@@ -243,12 +243,18 @@ def read_metadata(path: Path, header: dict, meta: dict) -> Metadata:
     return checkpoint_schema.parse(path, header, meta)
 
 
-def load(path: Path, with_extra: bool = True) -> Checkpoint:
-    """Read and fully validate a checkpoint; raises CheckpointError, nothing else."""
+def load(path: Path, with_extra: bool = True, memory_for: str | None = "use") -> Checkpoint:
+    """Read and fully validate a checkpoint; raises CheckpointError, nothing else, or
+    NotEnoughMemory before any tensor is read when the memory available is too small
+    for what the caller does with it, ``memory_for`` (see ``charlm.memory.loading``):
+    "use" (build the model and score or sample), "export" (build it and write it
+    again) or None (checked by the caller, e.g. a training run's own estimate)."""
     path = Path(path)
     header, meta = read_header(path)
     md = read_metadata(path, header, meta)  # the tensors' names and shapes are checked here
     shapes = CharModel.param_shapes(md.config)
+    if memory_for is not None:
+        memory.check_loading(path, loading_estimate(path, header, md.config, with_extra, memory_for == "export"))
     try:
         from safetensors.numpy import load as st_load
 
@@ -267,6 +273,20 @@ def load(path: Path, with_extra: bool = True) -> Checkpoint:
             raise CheckpointError(f"{path}: damaged checkpoint (tensor {n!r} holds NaN or infinity).")
     extra = {n: t for n, t in tensors.items() if n not in shapes} if with_extra else {}
     return Checkpoint(md.config, md.vocab, params, md.state, md.corpus, extra, path)
+
+
+def loading_estimate(
+    path: Path, header: dict, config: ModelConfig, with_extra: bool = True, export: bool = False
+) -> memory.Estimate:
+    """What reading the checkpoint ``path`` (its checked ``header``) and using its model
+    of ``config`` needs at the peak (``charlm.memory.loading``), from the header's sizes."""
+    sizes = {name: entry["data_offsets"][1] - entry["data_offsets"][0] for name, entry in header.items()}
+    params = sum(n for name, n in sizes.items() if name in CharModel.param_shapes(config))
+    try:
+        file_bytes = path.stat().st_size
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read it ({e.strerror or e}).") from None
+    return memory.loading(config, file_bytes, params, sum(sizes.values()) - params, with_extra, export)
 
 
 # Training-state fields that describe a model's history; a shipped model keeps
@@ -317,7 +337,7 @@ def export(src: Path, dst: Path, half: bool = False) -> Checkpoint:
     without the optimizer moments and carried state, optionally as float16.
     ``dst`` must be a new name or a regular file (see ``check_export_destination``)."""
     check_export_destination(dst)
-    ck = load(src, with_extra=False)
+    ck = load(src, with_extra=False, memory_for="export")
     history = ck.state.to_dict(HISTORY_FIELDS) if ck.state is not None else None
     save(dst, ck.build_model(), ck.vocab, history, ck.corpus, half=half)
     return ck

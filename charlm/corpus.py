@@ -329,7 +329,12 @@ def check_length(scan: CorpusScan, config: TrainConfig) -> int:
 
 
 def load_corpus(
-    path: Path, config: TrainConfig, *, progress: bool = False, report: Callable[[str], None] | None = None
+    path: Path,
+    config: TrainConfig,
+    *,
+    progress: bool = False,
+    report: Callable[[str], None] | None = None,
+    check: Callable[[CorpusScan], None] | None = None,
 ) -> Corpus:
     """Check, measure and encode a training corpus without holding it as a string.
 
@@ -337,9 +342,12 @@ def load_corpus(
     one batch of ``config.batch_size`` × ``config.seq_len`` after the last
     ``config.val_frac`` is held out — is found by the first pass, before anything
     is written. The file is read with ``config.encoding`` and ``config.errors``, in
-    the form ``config.normalize`` and ``config.keep_cr`` ask for.
+    the form ``config.normalize`` and ``config.keep_cr`` ask for. ``check`` is
+    called with the first pass's findings before the text is encoded (it may raise).
     """
     scan = scan_corpus(Path(path), config.encoding, config.errors, form=form_of(config), progress=progress)
     n_val = check_length(scan, config)
+    if check is not None:
+        check(scan)
     ids, cache = encode_corpus(scan, progress=progress, report=report)
     return Corpus(scan, ids, n_val, cache)

@@ -60,3 +60,12 @@ class RunFolderBusyError(CharlmError):
 class WorkerError(CharlmError):
     """A training worker process ended, or did not answer in time; the step it was in
     is lost, while the model is still as the last completed step left it."""
+
+
+class NotEnoughMemory(CharlmError):
+    """The work asked for needs more memory than the machine has available.
+
+    ``kind`` is "memory"; ``details``: ``what`` (the work, e.g. "training this
+    model"), ``needed`` and ``available`` (bytes), ``breakdown`` (the largest
+    parts, worded), ``smaller`` (setting → a smaller value with which it fits; empty
+    when no setting can help)."""

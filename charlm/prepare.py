@@ -10,8 +10,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from charlm import memory
 from charlm.config import ModelConfig, TrainConfig
-from charlm.corpus import load_corpus
+from charlm.corpus import CorpusScan, load_corpus
 from charlm.model import CharModel
 from charlm.runfolder import RunFolder
 from charlm.train import Callbacks, Trainer
@@ -54,18 +55,31 @@ def build_trainer(
     config: TrainConfig,
     callbacks: Callbacks | None = None,
     started: float | None = None,
+    check_memory: bool = True,
 ) -> Trainer:
     """A Trainer for a new model of ``model_config``'s shape on the corpus at ``corpus_path``.
 
     Everything that can be wrong with the input is found here, before the run
-    folder is created. The corpus is streamed, never held as one string (see
-    ``corpus.load_corpus``); ``callbacks`` may ask for progress bars while it is
-    read and receives one-line notices. ``started``: ``time.perf_counter()`` at the
-    session's start-up, from which a budget in minutes counts (default: now, before
-    the corpus is read).
+    folder is created: with ``check_memory``, also a run too large for the memory
+    available (``memory.check_training``, once the corpus's vocabulary and length
+    are known and before the text is encoded or the model built). The corpus is
+    streamed, never held as one string (see ``corpus.load_corpus``); ``callbacks``
+    may ask for progress bars while it is read and receives one-line notices.
+    ``started``: ``time.perf_counter()`` at the session's start-up, from which a
+    budget in minutes counts (default: now, before the corpus is read).
     """
     started = time.perf_counter() if started is None else started
     callbacks = callbacks or Callbacks()
-    corpus = load_corpus(Path(corpus_path), config, progress=callbacks.show_reading, report=callbacks.on_notice)
+
+    def fits(scan: CorpusScan) -> None:
+        memory.check_training(model_config, config, len(scan.vocab), scan.n_chars)
+
+    corpus = load_corpus(
+        Path(corpus_path),
+        config,
+        progress=callbacks.show_reading,
+        report=callbacks.on_notice,
+        check=fits if check_memory else None,
+    )
     model = new_model(model_config, corpus.vocab, config.seed)
     return Trainer(model, corpus, config, run_dir, callbacks, started)

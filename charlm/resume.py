@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from charlm import checkpoint
+from charlm import checkpoint, memory
 from charlm.config import TrainConfig
 from charlm.corpus import text_form
 from charlm.errors import CheckpointError, CorpusError, UsageError
@@ -43,7 +43,9 @@ READING = ("encoding", "errors", "normalize", "keep_cr")
 RESUME_SETTINGS = (*FIXED_ON_RESUME, *CHANGEABLE_ON_RESUME, *BUDGETS, *READING)
 
 
-def merge_settings(ckpt: checkpoint.Checkpoint, given: dict) -> tuple[TrainConfig, dict[str, tuple]]:
+def merge_settings(
+    ckpt: checkpoint.Checkpoint | checkpoint.Metadata, given: dict
+) -> tuple[TrainConfig, dict[str, tuple]]:
     """The training settings of the resumed session and what changed (setting →
     (stored, new)). ``given`` holds only the settings given for this session, by
     field name. Rules:
@@ -147,18 +149,23 @@ def _resume_locked(
     callbacks: Callbacks | None,
     started: float | None,
 ) -> Trainer:
-    ckpt = checkpoint.load(checkpoint_path)
-    where, state = ckpt.path, ckpt.state
-    if ckpt.train_config is None or state.rng is None or "optimizer.exp_avg" not in ckpt.extra:
+    where = checkpoint_path
+    header, meta = checkpoint.read_header(where)  # the header only: nothing large is read before the checks
+    stored = checkpoint.read_metadata(where, header, meta)
+    state = stored.state
+    if state is None or state.config is None or state.rng is None or "optimizer.exp_avg" not in header:
         raise CheckpointError(
             f"{where}: holds weights only, without the training state, so it cannot be resumed. "
             "Start a new run instead.",
             kind="weights_only",
             path=where,
         )
-    config, changed = merge_settings(ckpt, given)
+    config, changed = merge_settings(stored, given)
     config.check()  # the model config is the stored one, as it was built
-    trainer = build_trainer(corpus_path, folder, ckpt.config, config, callbacks, started)
+    chars = (stored.corpus.chars or 0) if stored.corpus is not None else 0  # the same text, or refused below
+    memory.check_training(stored.config, config, len(stored.vocab), chars, resuming=True)
+    ckpt = checkpoint.load(where, memory_for=None)
+    trainer = build_trainer(corpus_path, folder, ckpt.config, config, callbacks, started, check_memory=False)
     check_same_text(trainer, ckpt, corpus_path)
     trainer.restore(ckpt)
     step, elapsed = state.step, state.elapsed

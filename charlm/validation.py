@@ -104,7 +104,7 @@ class Validation:
             self.best_step = t.step
         earlier = self.best_step != t.step
         if earlier:  # the best weights are those of an earlier validation: score them, then go back
-            best = checkpoint.load(t.folder.best)
+            best = checkpoint.load(t.folder.best, memory_for=None)  # counted in the run's estimate
             current = t.model.flat.copy()
             t.model.load_params(best.params)
         try:

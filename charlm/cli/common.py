@@ -126,6 +126,8 @@ def cli_message(e: CharlmError) -> str:
     if isinstance(e, ConfigError):
         return f"{flag(e.setting)} {e.problem}"
     kind = e.kind
+    if kind == "memory":
+        return memory_message(e.details)
     if kind == "diverged" and e.details.get("kept") is not None:
         kind = "diverged_kept"
     if kind in WORDING:
@@ -136,6 +138,20 @@ def cli_message(e: CharlmError) -> str:
                 details["flag"] = "--no-" + details["flag"][2:]
         return WORDING[kind].format(**details)
     return str(e)
+
+
+def memory_message(details: dict) -> str:
+    """A NotEnoughMemory error (see ``charlm.memory``) with its smaller settings as flags."""
+    smaller = details["smaller"]
+    advice = (
+        "try " + " or ".join(f"{flag(setting)} {value}" for setting, value in smaller.items())
+        if smaller
+        else "free some memory or use a machine with more"
+    )
+    return (
+        f"{details['what']} needs about {details['needed']} ({details['breakdown']}) but {details['available']} "
+        f"is available; {advice}."
+    )
 
 
 def user_errors(fn):
