@@ -144,6 +144,14 @@ def blas_line() -> str:
     return f"NumPy {np.__version__} ({desc or 'no BLAS found by threadpoolctl'})"
 
 
+def portable(text: str, *temporary: Path) -> str:
+    """``text`` with this checkout's path left out and temporary folders named ``<tmpdir>``,
+    so a committed record names no one's machine."""
+    for folder in temporary:
+        text = text.replace(str(folder), "<tmpdir>")
+    return text.replace(str(HERE.parent) + os.sep, "")
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file in the same folder and os.replace,
     so an interrupted run leaves the previous file intact."""

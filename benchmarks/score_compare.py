@@ -46,6 +46,7 @@ from benchlib import (
     fmt_ratio,
     nproc,
     pins_line,
+    portable,
     replace_section,
     run_as_user,
     thread_env,
@@ -291,8 +292,8 @@ def main(argv: list[str] | None = None) -> None:
         "runs": results,
     }
     head = "# charlm vs PyTorch: benchmark results\n\nThe throughput sections are written by benchmarks/compare.py.\n\n"
-    replace_section(args.out, SECTION, render(data, sums), head)
-    write_atomic(args.json_out, json.dumps(data, indent=1) + "\n")
+    replace_section(args.out, SECTION, portable(render(data, sums), tmp), head)
+    write_atomic(args.json_out, portable(json.dumps(data, indent=1), tmp) + "\n")
     for s in sums:
         print(
             f"{s['model']}: charlm {s['charlm_s']:.2f} s, peer {s['peer_s']:.2f} s ({fmt_ratio(s['ratio'])}); whole "
