@@ -144,6 +144,26 @@ def blas_line() -> str:
     return f"NumPy {np.__version__} ({desc or 'no BLAS found by threadpoolctl'})"
 
 
+def peer_args(prog: str, description: str, seed_help: str, argv: list[str] | None = None):
+    """The options every time-budgeted training peer takes: corpus, minutes, seed, --json."""
+    p = Parser(prog=prog, description=description)
+    p.add_argument("--corpus", default="shakespeare", help="Shipped corpus name or text file.")
+    p.add_argument("--minutes", type=bounded(float, 0.0, strict_low=True), default=3.0, help="Budget, from start-up.")
+    p.add_argument("--seed", type=bounded(int, 0), default=0, help=seed_help)
+    p.add_argument("--json", dest="as_json", action="store_true", help="Print the whole result (histories too).")
+    return p.parse_args(argv)
+
+
+def require_torch_and_charlm() -> None:
+    """One line and exit 1 unless this interpreter can import both PyTorch and charlm."""
+    try:
+        import torch  # noqa: F401
+
+        import charlm  # noqa: F401
+    except ImportError as e:
+        fail(f"cannot import {e.name}: run this script with an interpreter that has charlm and torch==2.13.0")
+
+
 def portable(text: str, *temporary: Path) -> str:
     """``text`` with this checkout's path left out and temporary folders named ``<tmpdir>``,
     so a committed record names no one's machine."""

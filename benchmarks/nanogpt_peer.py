@@ -45,7 +45,7 @@ import math
 import sys
 import time
 
-from benchlib import Parser, bounded, fail, process_started, run_as_user
+from benchlib import fail, peer_args, process_started, require_torch_and_charlm, run_as_user
 
 RECIPE = {
     "n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "batch_size": 12, "dropout": 0.0, "bias": False,
@@ -290,28 +290,22 @@ def train(corpus: str, seconds: float, seed: int, started: float) -> dict:
 
 
 def parse_args(argv: list[str] | None = None):
-    p = Parser(
-        prog="nanogpt_peer.py",
-        description="Train nanoGPT's CPU recipe for shakespeare_char (4×128 GPT, block 64, batch 12) for a wall-clock "
+    return peer_args(
+        "nanogpt_peer.py",
+        "Train nanoGPT's CPU recipe for shakespeare_char (4×128 GPT, block 64, batch 12) for a wall-clock "
         "budget, then score its best weights on the whole held-out tail; one JSON object on stdout.",
+        "Added to nanoGPT's seed 1337.",
+        argv,
     )
-    p.add_argument("--corpus", default="shakespeare", help="Shipped corpus name or text file.")
-    p.add_argument("--minutes", type=bounded(float, 0.0, strict_low=True), default=3.0, help="Budget, from start-up.")
-    p.add_argument("--seed", type=bounded(int, 0), default=0, help="Added to nanoGPT's seed 1337.")
-    p.add_argument("--json", dest="as_json", action="store_true", help="Print the whole result (histories too).")
-    return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     started = process_started()
     args = parse_args(argv)
     run_as_user()
-    try:
-        import torch  # noqa: F401
+    require_torch_and_charlm()
+    from charlm.errors import CharlmError
 
-        from charlm.errors import CharlmError
-    except ImportError as e:
-        fail(f"cannot import {e.name}: run this script with an interpreter that has charlm and torch==2.13.0")
     print(f"nanogpt: 4×128 GPT, block 64, batch 12, {args.minutes:g} min …", file=sys.stderr, flush=True)
     try:
         result = train(args.corpus, args.minutes * 60.0, args.seed, started)

@@ -35,7 +35,7 @@ import sys
 import time
 from dataclasses import asdict, fields
 
-from benchlib import BenchError, Parser, bounded, fail, process_started, run_as_user
+from benchlib import BenchError, fail, peer_args, process_started, require_torch_and_charlm, run_as_user
 
 # the settings of charlm.config the peer follows (or that do not concern it); any other is reported as ignored
 KNOWN_MODEL = {"vocab_size", "cell", "embed", "hidden", "layers", "dropout", "forget_bias"}
@@ -213,28 +213,22 @@ def train(corpus: str, seconds: float, seed: int, recipe: dict, started: float) 
 
 
 def parse_args(argv: list[str] | None = None):
-    p = Parser(
-        prog="recipe_peer.py",
-        description="Train the PyTorch LSTM peer with charlm train's default recipe for a wall-clock budget and "
+    return peer_args(
+        "recipe_peer.py",
+        "Train the PyTorch LSTM peer with charlm train's default recipe for a wall-clock budget and "
         "score its best weights on the whole held-out text; one JSON object on stdout.",
+        "torch.manual_seed before the model is built.",
+        argv,
     )
-    p.add_argument("--corpus", default="shakespeare", help="Shipped corpus name or text file.")
-    p.add_argument("--minutes", type=bounded(float, 0.0, strict_low=True), default=3.0, help="Budget, from start-up.")
-    p.add_argument("--seed", type=bounded(int, 0), default=0, help="torch.manual_seed before the model is built.")
-    p.add_argument("--json", dest="as_json", action="store_true", help="Print the whole result (histories too).")
-    return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     started = process_started()
     args = parse_args(argv)
     run_as_user()
-    try:
-        import torch  # noqa: F401
+    require_torch_and_charlm()
+    from charlm.errors import CharlmError
 
-        from charlm.errors import CharlmError
-    except ImportError as e:
-        fail(f"cannot import {e.name}: run this script with an interpreter that has charlm and torch==2.13.0")
     recipe = charlm_recipe()
     for name in recipe["ignored"]:
         print(f"warning: the peer does not follow charlm's setting {name}", file=sys.stderr)
