@@ -15,6 +15,7 @@ from charlm.errors import CharlmError
 from charlm.model import CharModel, ModelConfig
 from charlm.parallel import DataParallel
 from charlm.sharedmem import exchange_layout, exchange_views, map_file, remove, shared_file
+from tests.shm import charlm_files_left, shm_names
 
 
 def _setup():
@@ -57,7 +58,7 @@ def test_no_room_in_dev_shm_falls_back_then_fails_in_one_line(monkeypatch, tmp_p
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(fd, offset, length)
 
-    shm_before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    shm_before = shm_names()
     monkeypatch.setattr(os, "posix_fallocate", fallocate)
     monkeypatch.setattr(sharedmem, "shared_folders", lambda: ["/dev/shm", str(tmp_path)])
     serial, model = _setup()
@@ -70,5 +71,4 @@ def test_no_room_in_dev_shm_falls_back_then_fails_in_one_line(monkeypatch, tmp_p
     full.add(str(tmp_path))
     with DataParallel(model, 2) as dp, pytest.raises(CharlmError, match=r"cannot reserve .*one row block"):
         dp.loss_and_grads(ids, ids, model.zero_state(8))
-    if os.path.isdir("/dev/shm"):
-        assert set(os.listdir("/dev/shm")) - shm_before == set()
+    assert charlm_files_left(shm_before) == set()

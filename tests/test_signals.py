@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 from charlm import checkpoint
 from charlm.cli import app
 from charlm.runs import checkpoint_in, list_runs, resume_checkpoint
+from tests.shm import charlm_files_left, shm_names
 from tests.test_cli import console_script
 
 STEPS = 600  # long enough to interrupt after the first checkpoint (step 50), short enough to finish (~2 s)
@@ -250,7 +251,7 @@ def test_ctrl_c_with_worker_processes(tmp_path, small_corpus):
     assert _gone(workers)
     checkpoint.load(run / "last.safetensors")
 
-    shm_before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    shm_before = shm_names()
     proc = start(tmp_path, str(small_corpus), "--resume", "runs/small", stderr=subprocess.DEVNULL)
     wait_for(lambda: len(_children(proc.pid)) == 1, proc)
     workers = _children(proc.pid)
@@ -258,14 +259,7 @@ def test_ctrl_c_with_worker_processes(tmp_path, small_corpus):
     proc.kill()
     proc.wait(timeout=30)
     assert _gone(workers)
-    if os.path.isdir("/dev/shm"):
-        # Another test's workers may have files there for a moment (each is unlinked once mapped);
-        # a file this run left would stay.
-        new = {n for n in set(os.listdir("/dev/shm")) - shm_before if n.startswith("charlm-")}
-        deadline = time.monotonic() + 5
-        while (left := {n for n in new if os.path.exists(f"/dev/shm/{n}")}) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert left == set()
+    assert charlm_files_left(shm_before) == set()
 
 
 PARALLEL = ["--steps", "200", "--eval-every", "20", "--threads", "2", *TINY]
