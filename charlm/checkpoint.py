@@ -281,7 +281,8 @@ def loading_estimate(
     """What reading the checkpoint ``path`` (its checked ``header``) and using its model
     of ``config`` needs at the peak (``charlm.memory.loading``), from the header's sizes."""
     sizes = {name: entry["data_offsets"][1] - entry["data_offsets"][0] for name, entry in header.items()}
-    params = sum(n for name, n in sizes.items() if name in CharModel.param_shapes(config))
+    shapes = CharModel.param_shapes(config)
+    params = sum(n for name, n in sizes.items() if name in shapes)
     try:
         file_bytes = path.stat().st_size
     except OSError as e:

@@ -245,7 +245,7 @@ def encode_corpus(
         with open(tmp, "wb") as f:
             digest = hashlib.sha256()
             for chunk in encoded_chunks(scan, progress):
-                data = chunk.astype("<u2", copy=False).tobytes()
+                data = np.ascontiguousarray(chunk, dtype="<u2")  # no copy when it is already little-endian uint16
                 digest.update(data)
                 f.write(data)
             f.write(digest.digest())  # the trailer cache_problem checks
