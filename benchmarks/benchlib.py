@@ -154,6 +154,33 @@ def peer_args(prog: str, description: str, seed_help: str, argv: list[str] | Non
     return p.parse_args(argv)
 
 
+def import_torch():
+    """PyTorch, or one line saying how to install it and exit 1."""
+    try:
+        import torch
+    except ImportError:
+        fail(f"PyTorch is not installed in {sys.executable}. Install it: {sys.executable} -m pip install {TORCH_PIN}")
+    return torch
+
+
+def parse_with_outputs(p: argparse.ArgumentParser, argv: list[str] | None, json_name: str, json_help: str):
+    """Add --out (the report whose section is updated) and --json (``json_name`` next to it), then parse."""
+    p.add_argument("--out", type=Path, default=RESULTS_MD, help="Markdown report whose section is updated.")
+    p.add_argument(
+        "--json", dest="json_out", type=Path, default=argparse.SUPPRESS,
+        help=f"{json_help}(default: {json_name} next to --out)",
+    )  # fmt: skip
+    args = p.parse_args(argv)
+    if "json_out" not in args:
+        args.json_out = args.out.with_name(json_name)
+    return args
+
+
+def command_block(command: str) -> list[str]:
+    """A report's lines showing the command that produced it, as a bash block."""
+    return ["Command:", "", "```bash", command, "```", ""]
+
+
 def require_torch_and_charlm() -> None:
     """One line and exit 1 unless this interpreter can import both PyTorch and charlm."""
     try:

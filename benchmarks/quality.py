@@ -27,7 +27,6 @@ benchmarks/RESULTS.md is written (other sections are kept) and the histories go 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import shlex
@@ -39,13 +38,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from benchlib import (
-    RESULTS_MD,
     BenchError,
     Parser,
     bounded,
+    command_block,
     cpu_model,
     fail,
     nproc,
+    parse_with_outputs,
     pins_line,
     replace_section,
     run_as_user,
@@ -269,12 +269,7 @@ def render(res: dict, seconds: float, corpus: str, command: str, charlm_cmd: str
             f"(charlm − PyTorch = {c['best_val'] - p['best_val']:+.4f} nats/char). charlm trained "
             f"{c['steps'] / max(p['steps'], 1):.2f}× as many steps.",
             "",
-            "Command:",
-            "",
-            "```bash",
-            command,
-            "```",
-            "",
+            *command_block(command),
             f"charlm side: `{charlm_cmd}`. Histories: `quality.json` next to this file. "
             "Earlier runs: [HISTORY.md](HISTORY.md).",
         ]
@@ -298,18 +293,7 @@ def parse_args(argv: list[str] | None = None):
         default=Path(sys.executable),
         help="Interpreter whose environment's 'charlm' script trains the charlm side.",
     )
-    p.add_argument("--out", type=Path, default=RESULTS_MD, help="Markdown report whose section is updated.")
-    p.add_argument(
-        "--json",
-        dest="json_out",
-        type=Path,
-        default=argparse.SUPPRESS,
-        help="Histories as JSON. (default: quality.json next to --out)",
-    )
-    args = p.parse_args(argv)
-    if "json_out" not in args:
-        args.json_out = args.out.with_name("quality.json")
-    return args
+    return parse_with_outputs(p, argv, "quality.json", "Histories as JSON. ")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -36,15 +36,16 @@ from pathlib import Path
 
 from benchlib import (
     HERE,
-    RESULTS_MD,
     BenchError,
     Parser,
     blas_line,
     bounded,
+    command_block,
     cpu_model,
     fail,
     fmt_ratio,
     nproc,
+    parse_with_outputs,
     pins_line,
     portable,
     replace_section,
@@ -189,12 +190,7 @@ def render(data: dict, sums: list[dict]) -> str:
             "",
             *losses,
             "",
-            "Command:",
-            "",
-            "```bash",
-            data["command"],
-            "```",
-            "",
+            *command_block(data["command"]),
             "Every figure: `scoring.json` next to this file.",
         ]
     )
@@ -215,15 +211,8 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--pairs", type=bounded(int, 1, 100), default=3, help="Pairs per model; medians are reported.")
     p.add_argument("--steps", type=bounded(int, 1), default=128, help="The peer's time steps per forward pass.")
     p.add_argument("--python", type=Path, default=Path(sys.executable), help="Interpreter whose 'charlm' script runs.")
-    p.add_argument("--out", type=Path, default=RESULTS_MD, help="Markdown report whose section is updated.")
-    p.add_argument(
-        "--json", dest="json_out", type=Path, default=argparse.SUPPRESS, help="(default: scoring.json next to --out)"
-    )
     p.add_argument("--charlm-worker", nargs=2, type=Path, metavar=("CKPT", "TEXT"), help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if "json_out" not in args:
-        args.json_out = args.out.with_name("scoring.json")
-    return args
+    return parse_with_outputs(p, argv, "scoring.json", "")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 import unicodedata
 from pathlib import Path
 
-from benchlib import Parser, bounded, fail, run_as_user
+from benchlib import Parser, bounded, fail, import_torch, run_as_user
 
 EVAL_BATCH, EVAL_MIN_ROW, EVAL_WARMUP = 64, 128, 256  # as charlm.evaluate
 CELLS = ("lstm", "rnn")  # cells whose tensors load into PyTorch's module unchanged
@@ -234,10 +233,7 @@ def parse_args(argv: list[str] | None = None):
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     run_as_user()
-    try:
-        import torch
-    except ImportError:
-        fail(f"PyTorch is not installed in {sys.executable}. Install it: {sys.executable} -m pip install torch==2.13.0")
+    torch = import_torch()
     torch.backends.mkldnn.enabled = True  # PyTorch's default, said explicitly: the peer is defined with it on
     try:
         result = run(args.text, args.checkpoint, args.batch, args.steps, args.sequential)

@@ -40,14 +40,15 @@ from pathlib import Path
 
 from benchlib import (
     HERE,
-    RESULTS_MD,
     BenchError,
     Parser,
     blas_line,
     bounded,
+    command_block,
     cpu_model,
     fail,
     nproc,
+    parse_with_outputs,
     pins_line,
     replace_section,
     run_as_user,
@@ -312,12 +313,7 @@ def render(data: dict, rows: dict) -> str:
             "",
             *notes,
             "",
-            "Command:",
-            "",
-            "```bash",
-            data["command"],
-            "```",
-            "",
+            *command_block(data["command"]),
             "Histories: `time_to_quality.json` next to this file. Earlier runs: [HISTORY.md](HISTORY.md).",
         ]
     )
@@ -348,14 +344,7 @@ def parse_args(argv: list[str] | None = None):
         default=argparse.SUPPRESS,
         help="Keep charlm's run folders in this (new or empty) folder. (default: a temporary one)",
     )
-    p.add_argument("--out", type=Path, default=RESULTS_MD, help="Markdown report whose section is updated.")
-    p.add_argument(
-        "--json", dest="json_out", type=Path, default=argparse.SUPPRESS,
-        help="Histories as JSON. (default: time_to_quality.json next to --out)",
-    )  # fmt: skip
-    args = p.parse_args(argv)
-    if "json_out" not in args:
-        args.json_out = args.out.with_name("time_to_quality.json")
+    args = parse_with_outputs(p, argv, "time_to_quality.json", "Histories as JSON. ")
     args.runs = getattr(args, "runs", None)
     return args
 

@@ -36,7 +36,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-from benchlib import Parser, bounded, cpu_model, fail, nproc, run_as_user
+from benchlib import Parser, bounded, cpu_model, import_torch, nproc, run_as_user
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # H-wide blocks in each fused weight
 
@@ -308,10 +308,7 @@ def parse_args(argv: list[str] | None = None):
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     run_as_user()
-    try:
-        import torch
-    except ImportError:
-        fail(f"PyTorch is not installed in {sys.executable}. Install it: {sys.executable} -m pip install torch==2.13.0")
+    torch = import_torch()
     torch.backends.mkldnn.enabled = args.mkldnn
     cfg = BenchConfig(
         args.cell, args.layers, args.hidden, args.embed, args.batch, args.seq_len, args.vocab, args.windows,
