@@ -27,10 +27,10 @@ import json
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
-from charlm.config import CELL_NAMES, ERROR_POLICIES, ModelConfig, TrainConfig, TrainState
+from charlm.config import CELL_NAMES, ERROR_POLICIES, STORED_WITH_CORPUS, ModelConfig, TrainConfig, TrainState
 from charlm.corpus import CorpusFingerprint
 from charlm.errors import CharlmError, CheckpointError, ConfigError
 from charlm.model import CELLS, CharModel
@@ -88,23 +88,23 @@ MODEL = {
     "dropout": Spec(NUMBER, required=True),
     "forget_bias": Spec(NUMBER),  # absent before it was a setting: 1 for an LSTM (ModelConfig.from_dict)
 }
-# train.config (TrainConfig): absent fields keep their defaults; the ranges are TrainConfig.check's.
-TRAIN_CONFIG = {
-    "batch_size": Spec(INT),
-    "seq_len": Spec(INT),
-    "lr": Spec(NUMBER),
-    "clip": Spec(NUMBER),
-    "val_frac": Spec(NUMBER),
-    "val_chars": Spec(INT),
-    "eval_every": Spec(INT),
-    "steps": Spec(INT, null=True),
-    "epochs": Spec(NUMBER, null=True),
-    "minutes": Spec(NUMBER, null=True),
-    "seed": Spec(INT),
-    "warmup": Spec(INT),
-    "final_lr_frac": Spec(NUMBER),
-    "threads": Spec(INT),
-}
+
+
+def _field_specs(cls: type, skip: tuple[str, ...] = ()) -> dict[str, Spec]:
+    """A Spec per field of the dataclass ``cls``, its kind and nullability read from the
+    annotation ("int", "float | None" …), so a setting added there is checked here too."""
+    kinds = {"int": INT, "float": NUMBER, "str": STR, "bool": BOOL}
+    specs = {}
+    for f in fields(cls):
+        if f.name not in skip:
+            base, *rest = (t.strip() for t in str(f.type).split("|"))
+            specs[f.name] = Spec(kinds[base], null="None" in rest)
+    return specs
+
+
+# train.config (TrainConfig): absent fields keep their defaults; the ranges are TrainConfig.check's;
+# how the text is read is stored with the corpus.
+TRAIN_CONFIG = _field_specs(TrainConfig, skip=STORED_WITH_CORPUS)
 # train (TrainState): an exported model keeps only its history; rng, config and val_curve: below.
 TRAIN = {
     "step": Spec(INT, 0),
