@@ -11,7 +11,6 @@ import os
 import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -115,19 +114,6 @@ def pins_line() -> str:
         f"- OpenBLAS pinning variables ({' and '.join(f'`{k}`' for k in BLAS_PINS)}): unset for both sides, as on a "
         f"user's machine (they force older, slower kernels); this machine had {had or 'neither set'}"
     )
-
-
-def process_started() -> float:
-    """``time.perf_counter()`` at this process's start (Linux: from /proc; elsewhere: now), as
-    ``charlm train`` counts a budget in minutes: a peer's budget then covers its imports too."""
-    now = time.perf_counter()
-    try:
-        with open("/proc/self/stat", encoding="ascii") as f:
-            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: start time, clock ticks after boot
-        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, AttributeError):
-        return now
-    return now - min(max(age, 0.0), 60.0)  # a sane age: start-up takes seconds, not minutes
 
 
 def blas_line() -> str:

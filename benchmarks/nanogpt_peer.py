@@ -45,7 +45,7 @@ import math
 import sys
 import time
 
-from benchlib import fail, peer_args, process_started, require_torch_and_charlm, run_as_user
+from benchlib import fail, peer_args, require_torch_and_charlm, run_as_user
 
 RECIPE = {
     "n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "batch_size": 12, "dropout": 0.0, "bias": False,
@@ -300,6 +300,8 @@ def parse_args(argv: list[str] | None = None):
 
 
 def main(argv: list[str] | None = None) -> None:
+    from charlm.budget import process_started  # as charlm train counts its budget
+
     started = process_started()
     args = parse_args(argv)
     run_as_user()

@@ -35,7 +35,7 @@ import sys
 import time
 from dataclasses import asdict, fields
 
-from benchlib import BenchError, fail, peer_args, process_started, require_torch_and_charlm, run_as_user
+from benchlib import BenchError, fail, peer_args, require_torch_and_charlm, run_as_user
 
 # the settings of charlm.config the peer follows (or that do not concern it); any other is reported as ignored
 KNOWN_MODEL = {"vocab_size", "cell", "embed", "hidden", "layers", "dropout", "forget_bias"}
@@ -223,6 +223,8 @@ def parse_args(argv: list[str] | None = None):
 
 
 def main(argv: list[str] | None = None) -> None:
+    from charlm.budget import process_started  # as charlm train counts its budget
+
     started = process_started()
     args = parse_args(argv)
     run_as_user()

@@ -161,14 +161,6 @@ def test_score_compare_ratios_are_the_peers_seconds_over_charlms_and_the_loss_is
     assert score_compare.summarize("m", runs)["met_loss"]
 
 
-def test_process_started_is_in_the_past():
-    import time
-
-    from benchlib import process_started
-
-    assert time.perf_counter() - 60.0 <= process_started() <= time.perf_counter()
-
-
 def test_compare_keeps_the_sections_other_scripts_write_and_drops_its_own(tmp_path):
     """compare.py rewrites RESULTS.md: its own old sections go (a run without sampling must not keep stale
     sampling figures), every other script's section stays."""

@@ -182,3 +182,12 @@ def test_minutes_is_the_whole_command_and_info_agrees_with_the_summary(tmp_path)
     assert f"characters seen, {took}" in info.stdout
     share = float(trained.split(", ")[1].split("%")[0])
     assert 0 < share <= 100 and math.isfinite(share)
+
+
+def test_process_started_is_in_the_past():
+    """The start a budget in minutes counts from: this process's start, within a minute."""
+    import time
+
+    from charlm.budget import process_started
+
+    assert time.perf_counter() - 60.0 <= process_started() <= time.perf_counter()

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -177,7 +175,9 @@ def train(
         normalize=normalize,
         keep_cr=keep_cr,
     )
-    started = _process_started()  # --minutes counts from here, the command's start-up
+    from charlm.budget import process_started
+
+    started = process_started()  # --minutes counts from here, the command's start-up
     path, stem = resolve(corpus)
     if resume is not None:
         trainer = _resume(ctx, resume, name, out_dir, path, started)
@@ -191,18 +191,6 @@ def train(
             e.details.update(corpus=shlex.quote(corpus), run_dir=shlex.quote(str(e.details["run_dir"])))
         raise
     _report_training(summary, corpus)
-
-
-def _process_started() -> float:
-    """``time.perf_counter()`` at this process's start (Linux: from /proc; elsewhere: now)."""
-    now = time.perf_counter()
-    try:
-        with open("/proc/self/stat", encoding="ascii") as f:
-            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: start time, clock ticks after boot
-        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, AttributeError):
-        return now
-    return now - min(max(age, 0.0), 60.0)  # a sane age: start-up takes seconds, not minutes
 
 
 def _new_run(
