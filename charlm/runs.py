@@ -23,7 +23,6 @@ from charlm.checkpoint import read_header, read_metadata
 from charlm.config import ModelConfig, TrainState
 from charlm.corpus import CorpusFingerprint
 from charlm.errors import CharlmError
-from charlm.runfolder import RunFolder  # noqa: F401  (re-exported: the writing side of a run folder)
 
 DEFAULT_RUNS = Path("runs")
 

@@ -2,7 +2,7 @@
 
 Every ``eval_every`` steps a fixed sample of the held-out text (``VAL_SAMPLE``
 characters spread over it, see ``evaluate.score_sample``) is scored and the
-run folder records it (``charlm.runs.RunFolder``: ``last.safetensors``,
+run folder records it (``charlm.runfolder.RunFolder``: ``last.safetensors``,
 ``best.safetensors`` if validation improved, then a ``metrics.jsonl`` line).
 When the budget is used up, the final weights are validated on the sample if
 they were not yet, and the best weights once on the whole held-out text (up to

@@ -115,7 +115,7 @@ def test_export_keeps_the_model_and_drops_resume_state(trained_run, tmp_path):
 
 
 def test_run_folder_writes_checkpoints_before_the_metrics_line(tmp_path):
-    from charlm.runs import RunFolder
+    from charlm.runfolder import RunFolder
 
     folder = RunFolder(tmp_path / "runs" / "x")
     folder.open(0)
@@ -132,7 +132,7 @@ def test_run_folder_writes_checkpoints_before_the_metrics_line(tmp_path):
 
 
 def test_run_folder_on_resume_trims_the_abandoned_future_and_stale_temps(tmp_path):
-    from charlm.runs import RunFolder
+    from charlm.runfolder import RunFolder
 
     folder = RunFolder(tmp_path / "run")
     folder.path.mkdir()
@@ -145,7 +145,7 @@ def test_run_folder_on_resume_trims_the_abandoned_future_and_stale_temps(tmp_pat
 
 
 def test_run_folder_that_stayed_empty_is_removed_only_if_this_session_made_it(tmp_path):
-    from charlm.runs import RunFolder
+    from charlm.runfolder import RunFolder
 
     made = RunFolder(tmp_path / "new")
     made.open(0)
