@@ -22,6 +22,10 @@ own non-overlapping 64-character blocks for reference. The "Time to quality" sec
 
     python benchmarks/time_to_quality.py                       # 3 and 10 minutes, seeds 0 and 1: about 80 minutes
     python benchmarks/time_to_quality.py --minutes 0.2 --seeds 0 --out /tmp/R.md   # smoke test
+    python benchmarks/time_to_quality.py --minutes 30 --seeds 0 --systems charlm --add   # one more run, kept with the others
+
+With --add the runs already in the JSON are kept unless this invocation runs the same budget, seed and system
+again; a kept charlm or LSTM run must have used today's charlm defaults (else it is dropped, with a line saying so).
 """
 
 from __future__ import annotations
@@ -148,6 +152,43 @@ def run_peer(script: str, corpus: str, minutes: float, seed: int, label: str) ->
     res = json.loads(stream([*cmd, "--json"], label))
     res["wall"] = round(time.perf_counter() - t0, 2)
     return res
+
+
+def same_recipe(run: dict) -> bool:
+    """Whether a stored charlm or LSTM-peer run used charlm's defaults as they are now (nanoGPT's recipe is fixed)."""
+    from recipe_peer import KNOWN_MODEL, KNOWN_TRAIN, charlm_recipe
+
+    res = run["result"]
+    used = res.get("used") or res.get("recipe")
+    if run["system"] == "nanogpt":
+        return True
+    defaults, skip = charlm_recipe(), {"vocab_size", "minutes", "seed"}
+    return used is not None and all(
+        used[part].get(k) == defaults[part][k]
+        for part, known in (("model", KNOWN_MODEL), ("train", KNOWN_TRAIN))
+        for k in known - skip
+        if k in used[part]
+    )
+
+
+def kept_runs(path: Path, redo: set[tuple[float, int, str]]) -> tuple[list[dict], list[str]]:
+    """The runs of an earlier JSON that --add keeps, and the commands that produced them."""
+    if not path.is_file():
+        return [], []
+    old = json.loads(path.read_text(encoding="utf-8"))
+    kept = []
+    for run in old["runs"]:
+        key = (run["minutes"], run["seed"], run["system"])
+        if key in redo:
+            continue
+        if not same_recipe(run):
+            print(
+                f"dropped {run['system']}, {run['minutes']:g} min, seed {run['seed']}: not today's defaults",
+                file=sys.stderr,
+            )
+            continue
+        kept.append(run)
+    return kept, old.get("commands", [old["command"]]) if kept else []
 
 
 def tail_of(corpus: str) -> str:
@@ -313,7 +354,7 @@ def render(data: dict, rows: dict) -> str:
             "",
             *notes,
             "",
-            *command_block(data["command"]),
+            *command_block("\n".join(data.get("commands", [data["command"]]))),
             "Histories: `time_to_quality.json` next to this file. Earlier runs: [HISTORY.md](HISTORY.md).",
         ]
     )
@@ -332,6 +373,11 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--seeds", type=bounded(int, 0), nargs="+", default=[0, 1], help="Seeds, each run at every budget.")
     p.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS), help="Systems to run.")
     p.add_argument("--corpus", default="shakespeare", help="Shipped corpus name or text file.")
+    p.add_argument(
+        "--add",
+        action="store_true",
+        help="Keep the JSON's earlier runs (of today's defaults) that this one does not redo.",
+    )
     p.add_argument(
         "--python",
         type=Path,
@@ -396,11 +442,15 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"{e}. Nothing was written")
     except KeyboardInterrupt:
         fail("interrupted; nothing was written", 130)
+    redo = {(m, s, system) for m in args.minutes for s in args.seeds for system in args.systems}
+    kept, commands = kept_runs(args.json_out, redo) if args.add else ([], [])
+    runs = sorted(kept + runs, key=lambda r: (r["minutes"], r["seed"], SYSTEMS.index(r["system"])))
     data = {
         "command": command,
+        "commands": [*commands, command],
         "date": started.isoformat(timespec="seconds"),
         "corpus": args.corpus,
-        "seeds": args.seeds,
+        "seeds": sorted({r["seed"] for r in runs}),
         "cpu": cpu_model(),
         "nproc": nproc(),
         "blas": blas_line(),

@@ -3,6 +3,7 @@ section of benchmarks/RESULTS.md and keeps the others (compare.py reads quality.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -175,3 +176,27 @@ def test_compare_keeps_the_sections_other_scripts_write_and_drops_its_own(tmp_pa
     kept = [t for t in compare.kept_sections(md) if not t.startswith(compare.OWN_SECTIONS)]
     assert kept == ["Time to quality", "Scoring speed"]
     assert compare.kept_sections(tmp_path / "missing.md") == {}
+
+
+def test_time_to_quality_add_keeps_earlier_runs_of_todays_defaults(tmp_path):
+    """--add keeps the JSON's runs this invocation does not redo, but drops a charlm or LSTM run whose
+    recipe is not today's defaults (one trained before a default changed) and keeps nanoGPT's."""
+    from dataclasses import asdict
+
+    import time_to_quality as ttq
+
+    from charlm.config import ModelConfig, TrainConfig
+
+    today = {"model": asdict(ModelConfig()), "train": TrainConfig().to_dict()}
+    old = {**today, "model": {**today["model"], "dropout": today["model"]["dropout"] + 0.1}}
+    runs = [_ttq_run(3.0, 0, "charlm", 1.5), _ttq_run(3.0, 1, "charlm", 1.5), _ttq_run(3.0, 0, "lstm", 1.6)]
+    runs += [_ttq_run(3.0, 0, "nanogpt", 1.8), _ttq_run(10.0, 0, "charlm", 1.45)]
+    runs[0]["result"]["used"], runs[1]["result"]["used"] = today, old
+    runs[2]["result"]["recipe"] = old
+    runs[4]["result"]["used"] = today
+    path = tmp_path / "ttq.json"
+    path.write_text(json.dumps({"command": "python benchmarks/time_to_quality.py --minutes 3", "runs": runs}))
+    kept, commands = ttq.kept_runs(path, redo={(10.0, 0, "charlm")})
+    assert [(r["minutes"], r["seed"], r["system"]) for r in kept] == [(3.0, 0, "charlm"), (3.0, 0, "nanogpt")]
+    assert commands == ["python benchmarks/time_to_quality.py --minutes 3"]
+    assert ttq.kept_runs(tmp_path / "none.json", redo=set()) == ([], [])

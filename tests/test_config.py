@@ -193,3 +193,18 @@ def test_config_errors_and_worded_errors_survive_pickling():
     )
     c = pickle.loads(pickle.dumps(CorpusError("x: empty.", kind="nul_byte", label="x", offset=3)))
     assert (str(c), c.kind, c.details) == ("x: empty.", "nul_byte", {"label": "x", "offset": 3})
+
+
+def test_train_options_default_to_the_dataclasses():
+    """`charlm train`'s option defaults are the configs' defaults, so the product's answer to "what
+    should I run?" lives in one place (a default changed in one but not the other fails here)."""
+    import typer.main
+
+    from charlm.cli import app
+
+    train = typer.main.get_command(app).commands["train"]
+    defaults = {**asdict(ModelConfig()), **asdict(TrainConfig())}
+    shared = [p for p in train.params if p.name in defaults and p.name != "vocab_size"]
+    assert {p.name for p in shared} >= {"hidden", "layers", "dropout", "batch_size", "seq_len", "lr", "eval_every"}
+    for p in shared:
+        assert p.default == defaults[p.name], p.name
