@@ -122,7 +122,7 @@ def sample(
         unknown=unknown,
     ).check()
     prime, label = _prime_text(prime, prime_file)
-    ckpt = load(checkpoint_path(checkpoint, model_name))
+    ckpt = load(checkpoint_path(checkpoint, model_name), with_extra=False)  # weights and warmed state only
     form = text_form(ckpt.corpus)  # the prime is read as the model's training text was
     prime = form.apply(prime)
     if config.stop is not None:
@@ -135,7 +135,7 @@ def sample(
             "every sample runs to --length.",
             markup=False,
         )
-    _write_samples(Sampler(ckpt.build_model(), ckpt.vocab, config), ids, prime)
+    _write_samples(Sampler(ckpt.build_model(), ckpt.vocab, config, ckpt.warmed), ids, prime)
 
 
 def _prime_text(prime: str, prime_file: Path | None) -> tuple[str, str]:
