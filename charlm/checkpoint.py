@@ -69,9 +69,10 @@ class Checkpoint:
         return None if self.state is None else self.state.config
 
     def build_model(self) -> CharModel:
-        model = CharModel(self.config)
-        model.load_params(self.params)
-        return model
+        """A model with these weights, in one new array (no initialisation to overwrite)."""
+        shapes = CharModel.param_shapes(self.config)
+        flat = np.concatenate([self.params[n].reshape(-1) for n in shapes]).astype(np.float32, copy=False)  # (P,)
+        return CharModel(self.config, flat=flat)
 
 
 # --------------------------------------------------------------------------- #

@@ -1,7 +1,5 @@
 """``charlm sample``: a checkpoint in, text out."""
 
-from __future__ import annotations
-
 import sys
 from pathlib import Path
 from typing import Annotated
