@@ -197,6 +197,22 @@ def test_the_shipped_models_store_their_live_warm_up(name):
     assert ck.warmed.first == live.first and states_equal(ck.warmed.state, live.state)
 
 
+def test_info_says_the_warm_state_is_stored_and_does_not_count_it_as_parameters(tmp_path, small):
+    from charlm.report import info_fields, info_json
+    from charlm.runs import describe
+
+    model, vocab = small
+    save(tmp_path / "plain.safetensors", model, vocab)
+    save(tmp_path / "warm.safetensors", model, vocab, warmed=warmed_state(model, vocab))
+    plain, warm = describe(tmp_path / "plain.safetensors"), describe(tmp_path / "warm.safetensors")
+    assert warm.params == plain.params == model.num_params
+    assert (info_json(plain)["warmed_up"], info_json(warm)["warmed_up"]) == (False, True)
+    assert ("sampling" in dict(info_fields(warm).fields), "sampling" in dict(info_fields(plain).fields)) == (
+        True,
+        False,
+    )
+
+
 # sha256 of `charlm sample ARGS --length 200` as printed before the warm state was stored (same machine).
 PINNED = {
     "-m shakespeare --seed 1": "4e165c141182a080ac10f41287ab8b63ba24112532fc203b1fd24c633c07f4d3",
