@@ -191,10 +191,15 @@ def test_a_finished_run_stores_the_warm_state_in_its_best_checkpoint(tmp_path, s
 
 @pytest.mark.parametrize("name", ["shakespeare", "news"])
 def test_the_shipped_models_store_their_live_warm_up(name):
+    """Bit for bit where the shipped files were made; elsewhere the first layer's input
+    table (a multi-threaded product) may round differently, so within float32 noise."""
     ck = load(shipped_model(name))
     assert isinstance(ck.warmed, Warmed)
     live = warmed_state(ck.build_model(), ck.vocab)
-    assert ck.warmed.first == live.first and states_equal(ck.warmed.state, live.state)
+    assert ck.warmed.first == live.first
+    for stored, now in zip(ck.warmed.state, live.state, strict=True):
+        for a, b in zip(stored, now, strict=True):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
 
 
 def test_info_says_the_warm_state_is_stored_and_does_not_count_it_as_parameters(tmp_path, small):
@@ -213,7 +218,8 @@ def test_info_says_the_warm_state_is_stored_and_does_not_count_it_as_parameters(
     )
 
 
-# sha256 of `charlm sample ARGS --length 200` as printed before the warm state was stored (same machine).
+# sha256 of `charlm sample ARGS --length 200` as printed before the warm state was stored, on the machine
+# that made the shipped files (a seed's text depends on the BLAS kernels and thread count, as it always has).
 PINNED = {
     "-m shakespeare --seed 1": "4e165c141182a080ac10f41287ab8b63ba24112532fc203b1fd24c633c07f4d3",
     "-m shakespeare --seed 7 -t 0.8": "c567116fdbebd2c70586a63b81f264bee2461286d6cb263d00c703e4148be9b7",
