@@ -9,7 +9,10 @@ Each run is a process of its own, started from this script with stdout to
 ``os.wait4``. The commands take turns round by round, after ``--warmup`` untimed
 rounds (files in the page cache, as for a user's second command), so a change in
 the machine's load touches them alike. ``python -c pass`` runs alongside: the
-interpreter's own start, which no change to charlm can remove.
+interpreter's own start, which no change to charlm can remove. The commands run
+as on a user's machine: without the OpenBLAS pinning variables and without
+PYTHONDONTWRITEBYTECODE, so Python keeps the compiled modules it writes (with it
+set and charlm installed editable, every start compiles charlm from source).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from benchlib import (
 )
 
 SECTION = "Start-up"
+NO_BYTECODE = "PYTHONDONTWRITEBYTECODE"  # unset for the commands: a user's Python caches compiled modules
 HEAD = "# charlm benchmark results\n\n"
 GOALS = {"help": 0.15, "sample": 0.35}  # seconds, whole process, median (issue 19)
 
@@ -59,7 +63,8 @@ def run_once(argv: list[str]) -> tuple[float, float]:
     """(wall seconds, CPU seconds) of one process, stdout to /dev/null."""
     with open(os.devnull, "wb") as sink:
         start = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.PIPE, env=user_env(), cwd=Path.home())
+        env = {k: v for k, v in user_env().items() if k != NO_BYTECODE}
+        proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.PIPE, env=env, cwd=Path.home())
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
@@ -86,8 +91,10 @@ def render(data: dict) -> str:
         f"## {SECTION}",
         "",
         f"`benchmarks/startup.py`, {data['date'][:16].replace('T', ' ')} UTC, {data['cpus']} CPUs ({data['cpu']}), "
-        f"{data['blas']}. Thread variables: {data['threads'] or 'none set'}. {data['pins']}. Load average (1 min) "
-        f"at the start and the end: {data['load'][0]:.2f}, {data['load'][1]:.2f}.",
+        f"{data['blas']}. Thread variables: {data['threads'] or 'none set'}. {data['pins']}. "
+        f"`{NO_BYTECODE}`: unset for the commands, so Python keeps the modules it compiles, as on a user's machine "
+        f"(this machine had {data['no_bytecode'] or 'it unset'}). Load average (1 min) at the start and the end: "
+        f"{data['load'][0]:.2f}, {data['load'][1]:.2f}.",
         "",
         f"Each command a process of its own, stdout to /dev/null, timed from start to exit; {data['runs']} rounds "
         f"(after {data['warmup']} untimed), the commands taking turns; medians. CPU: user + system seconds of the "
@@ -129,7 +136,8 @@ def main(argv: list[str] | None = None) -> None:
         "cpu": cpu_model(),
         "blas": blas_line(),
         "threads": ", ".join(f"{k}={v}" for k, v in thread_env().items()),
-        "pins": pins_line()[2:],
+        "pins": pins_line()[2:].replace("for both sides", "for the commands"),
+        "no_bytecode": f"{NO_BYTECODE}={os.environ[NO_BYTECODE]}" if NO_BYTECODE in os.environ else "",
         "load": [load_start, os.getloadavg()[0]],
         "runs": args.runs,
         "warmup": args.warmup,
