@@ -3,7 +3,7 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 
-.PHONY: install test test-fast lint format demo bench bench-quality models model-shakespeare model-news clean
+.PHONY: install test test-fast lint format demo bench bench-quality models models-warm model-shakespeare model-news clean
 
 $(BIN)/charlm: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -54,6 +54,13 @@ ARGS_shakespeare := --dropout 0.5 --forget-bias 0 --epochs 25
 ARGS_news := --dropout 0.25 --forget-bias 1 --epochs 7
 
 models: model-shakespeare model-news   ## retrain the shipped models (about 2 hours on 2 cores; resumable)
+
+# The export also stores the sampler's warmed-up state (computed from the float16 weights), so
+# an unprompted sample starts at once. To compute it again without retraining (the weights stay
+# as they are), e.g. after a change to the warm-up in charlm/sample.py: make models-warm
+models-warm: install               ## store the warmed-up state in the shipped models again
+	for m in shakespeare news; do \
+		$(BIN)/charlm export charlm/models/$$m.safetensors charlm/models/$$m.safetensors --half --force; done
 
 model-shakespeare model-news: model-%: install
 	@mkdir -p model-runs charlm/models

@@ -52,7 +52,7 @@ def read_checkpoint(path: Path) -> tuple[dict, str, dict, dict]:
             meta = f.metadata() or {}
             if meta.get("format") != "charlm":
                 raise PeerError(f"{path}: not a charlm checkpoint (no 'format: charlm' metadata)")
-            names = [k for k in f.keys() if not k.startswith(("optimizer.", "state."))]
+            names = [k for k in f.keys() if not k.startswith(("optimizer.", "state.", "warm."))]  # weights only
             weights = {k: np.asarray(f.get_tensor(k), dtype=np.float32) for k in names}
     except unreadable as e:  # missing file, not safetensors
         raise PeerError(f"{path}: cannot read it as safetensors ({e})") from None

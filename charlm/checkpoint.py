@@ -8,10 +8,13 @@ Layout of a checkpoint file:
   (LSTM: i, f, g, o), ``decoder.weight`` (V, H), ``decoder.bias`` (V,);
 * optionally ``optimizer.exp_avg`` / ``optimizer.exp_avg_sq`` (flat Adam moments)
   and ``state.<name>_l{k}`` (the carried hidden state), for exact resume;
+* optionally ``warm.<name>_l{k}`` (H,) float32, the state the sampler's warm-up
+  reaches (``charlm.sample.Warmed``), so that an unprompted sample skips it;
 * string metadata: ``format`` ("charlm"), ``format_version``, ``config`` (JSON
   ``ModelConfig``), ``vocab`` (JSON list of code points), ``train`` (JSON
   ``TrainState``, with the ``TrainConfig`` inside) and ``corpus`` (JSON
-  ``CorpusFingerprint``: name, sha256, characters, how it was read).
+  ``CorpusFingerprint``: name, sha256, characters, how it was read) and, with a
+  warmed-up state, ``warm_up`` (JSON: the id fed first, the warm-up's chars and seed).
 
 Loading parses the 8-byte header length and JSON header first (never pickle),
 checks every field against one schema (``charlm.checkpoint_schema``: types,
@@ -34,11 +37,13 @@ import numpy as np
 
 from charlm import checkpoint_schema, memory
 from charlm.atomic import atomic_write
+from charlm.cells import CELLS
 from charlm.checkpoint_schema import Metadata
 from charlm.config import TrainConfig, TrainState
 from charlm.corpus import CorpusFingerprint
 from charlm.errors import CheckpointError
 from charlm.model import CharModel, ModelConfig
+from charlm.sample import Warmed, warmed_state
 from charlm.vocab import Vocab
 
 FORMAT = "charlm"
@@ -56,6 +61,7 @@ class Checkpoint:
     corpus: CorpusFingerprint | None = None  # name, sha256, characters, how it was read
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # optimizer moments, carried state
     path: Path | None = None
+    warmed: Warmed | None = None  # the sampler's warmed-up state, when stored
 
     @property
     def train_config(self) -> TrainConfig | None:
@@ -63,9 +69,10 @@ class Checkpoint:
         return None if self.state is None else self.state.config
 
     def build_model(self) -> CharModel:
-        model = CharModel(self.config)
-        model.load_params(self.params)
-        return model
+        """A model with these weights, in one new array (no initialisation to overwrite)."""
+        shapes = CharModel.param_shapes(self.config)
+        flat = np.concatenate([self.params[n].reshape(-1) for n in shapes]).astype(np.float32, copy=False)  # (P,)
+        return CharModel(self.config, flat=flat)
 
 
 # --------------------------------------------------------------------------- #
@@ -82,18 +89,24 @@ def save(
     extra: dict[str, np.ndarray] | None = None,
     *,
     half: bool = False,
+    warmed: Warmed | None = None,
 ) -> None:
     """Write a checkpoint atomically. ``state`` and ``corpus`` may be the typed objects
     or their JSON objects (e.g. only a state's history fields). ``half`` stores the weights as float16
-    (half the size, for shipping a model; they load as float32)."""
+    (half the size, for shipping a model; they load as float32). ``warmed`` is the sampler's
+    warmed-up state for the weights as they load (``warm_up``), stored as it is."""
     from safetensors.numpy import save as st_save
 
     dtype = np.float16 if half else None
-    if half and max(float(np.abs(p).max()) for p in model.params.values()) > float(np.finfo(np.float16).max):
-        raise CheckpointError("a weight is too large for float16; store the model as float32.", kind="half_overflow")
+    if half:
+        check_half(model)
     tensors = {name: np.ascontiguousarray(p, dtype=dtype) for name, p in model.params.items()}
     for name, arr in (extra or {}).items():
         tensors[name] = np.ascontiguousarray(arr)
+    if warmed is not None:
+        for layer, (cell, parts) in enumerate(zip(model.rnn, warmed.state, strict=True)):
+            for name, arr in zip(cell.state_names, parts, strict=True):
+                tensors[f"warm.{name}_l{layer}"] = np.ascontiguousarray(arr)
     metadata = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
@@ -104,6 +117,8 @@ def save(
             corpus.to_dict() if isinstance(corpus, CorpusFingerprint) else corpus or {}, sort_keys=True
         ),
     }
+    if warmed is not None:
+        metadata["warm_up"] = json.dumps({"first": warmed.first, "chars": warmed.chars, "seed": warmed.seed})
     data = st_save(tensors, metadata=metadata)
     try:
         atomic_write(Path(path), data)
@@ -113,6 +128,12 @@ def save(
             f"cannot write checkpoint {path}: {reason}. Any previous checkpoint there is unchanged; "
             "check that the path names a file in a folder you can write to, and the free space."
         ) from None
+
+
+def check_half(model: CharModel) -> None:
+    """Refuse to store ``model`` as float16 when a weight is too large for it."""
+    if max(float(np.abs(p).max()) for p in model.params.values()) > float(np.finfo(np.float16).max):
+        raise CheckpointError("a weight is too large for float16; store the model as float32.", kind="half_overflow")
 
 
 # --------------------------------------------------------------------------- #
@@ -268,11 +289,17 @@ def load(path: Path, with_extra: bool = True, memory_for: str | None = "use") ->
         if t is None or t.shape != shape or t.dtype not in (np.float16, np.float32, np.float64):
             raise CheckpointError(f"{path}: damaged checkpoint (tensor {n!r} cannot be read as {shape}).")
     params = {n: tensors[n].astype(np.float32, copy=False) for n in shapes}
-    for n, p in params.items():
+    warm = {n: t for n, t in tensors.items() if n.startswith("warm.")}  # (H,) each, shapes checked by the schema
+    for n, p in (params | warm).items():
         if not np.isfinite(p).all():
             raise CheckpointError(f"{path}: damaged checkpoint (tensor {n!r} holds NaN or infinity).")
-    extra = {n: t for n, t in tensors.items() if n not in shapes} if with_extra else {}
-    return Checkpoint(md.config, md.vocab, params, md.state, md.corpus, extra, path)
+    extra = {n: t for n, t in tensors.items() if n not in shapes and n not in warm} if with_extra else {}
+    warmed = None
+    if md.warm_up is not None:
+        names = CELLS[md.config.cell].state_names
+        state = [tuple(warm[f"warm.{n}_l{k}"] for n in names) for k in range(md.config.layers)]
+        warmed = Warmed(md.warm_up["first"], state, md.warm_up["chars"], md.warm_up["seed"])
+    return Checkpoint(md.config, md.vocab, params, md.state, md.corpus, extra, path, warmed)
 
 
 def loading_estimate(
@@ -335,10 +362,15 @@ def check_export_destination(dst: Path) -> None:
 
 def export(src: Path, dst: Path, half: bool = False) -> Checkpoint:
     """Copy a checkpoint's weights, config, vocabulary and history to ``dst``,
-    without the optimizer moments and carried state, optionally as float16.
+    without the optimizer moments and carried state, optionally as float16, with the
+    sampler's warmed-up state computed for the weights as they will load.
     ``dst`` must be a new name or a regular file (see ``check_export_destination``)."""
     check_export_destination(dst)
     ck = load(src, with_extra=False, memory_for="export")
     history = ck.state.to_dict(HISTORY_FIELDS) if ck.state is not None else None
-    save(dst, ck.build_model(), ck.vocab, history, ck.corpus, half=half)
+    model = ck.build_model()
+    if half:  # the weights as a float16 file loads them
+        check_half(model)
+        model.flat[...] = model.flat.astype(np.float16)
+    save(dst, model, ck.vocab, history, ck.corpus, half=half, warmed=warmed_state(model, ck.vocab))
     return ck

@@ -15,7 +15,8 @@ and what is wrong with it. Checked:
   a PCG64 generator state;
 * agreement: the vocabulary's size, best step ≤ step, held-out ≤ all characters, and
   exactly the tensors the config implies, with their shapes (beside them, for
-  resuming: Adam's two moments and the carried state of every layer).
+  resuming: Adam's two moments and the carried state of every layer; for sampling:
+  the sampler's warmed-up state of every layer, with the ``warm_up`` field).
 
 Checkpoints of older charlm versions keep loading: a field added later may be absent
 and then means what its absence meant when it was written (see the tables).
@@ -137,8 +138,15 @@ CORPUS = {
     "nfc": Spec(BOOL, null=True),
     "crlf_as_lf": Spec(BOOL, null=True),
 }
+# warm_up (charlm.sample.Warmed): absent in a model stored without it, and in older checkpoints.
+WARM = {
+    "first": Spec(INT, 0, required=True),  # below the vocabulary's size (checked below)
+    "chars": Spec(INT, 0, required=True),
+    "seed": Spec(INT, 0, required=True),
+}
 OPTIMIZER_TENSORS = ("optimizer.exp_avg", "optimizer.exp_avg_sq")  # Adam's m and v, (P,) each
 STATE_TENSOR = re.compile(r"state\.([a-z]+)_l(0|[1-9][0-9]{0,2})")  # carried state, (B, H) per name and layer
+WARM_TENSOR = re.compile(r"warm\.([a-z]+)_l(0|[1-9][0-9]{0,2})")  # warmed-up sampler state, (H,) per name and layer
 
 
 @dataclass(frozen=True)
@@ -149,6 +157,7 @@ class Metadata:
     vocab: Vocab  # its characters
     state: TrainState | None = None  # where training stood, with its TrainConfig (None: not recorded)
     corpus: CorpusFingerprint | None = None  # the text it was trained on (None: not recorded)
+    warm_up: dict | None = None  # first, chars and seed of the stored warmed-up state (None: not stored)
 
 
 def show(value: object, limit: int = 40) -> str:
@@ -296,10 +305,24 @@ def corpus_fingerprint(d: object) -> CorpusFingerprint | None:
     return CorpusFingerprint.from_dict(values) if d else None
 
 
-def tensors(header: dict, config: ModelConfig, state: TrainState | None) -> None:
+def warm_up(d: object, size: int) -> dict | None:
+    """The ``warm_up`` field of a stored warmed-up state (None when there is none)."""
+    if d is None:
+        return None
+    values = section("warm_up", d, WARM)
+    if values["first"] >= size:
+        raise Bad("warm_up.first", f"is {values['first']:,}, not the id of one of the {size:,} characters")
+    return values
+
+
+def tensors(header: dict, config: ModelConfig, state: TrainState | None, warm: bool = False) -> None:
     """Exactly the tensors ``config`` implies, with their shapes; for resuming also Adam's
-    moments (P,) and the carried state (B, H) of every layer (B: the stored batch size)."""
+    moments (P,) and the carried state (B, H) of every layer (B: the stored batch size);
+    with ``warm`` (a ``warm_up`` field) the warmed-up state (H,) of every layer, else none."""
     shapes = CharModel.param_shapes(config)
+    names = CELLS[config.cell].state_names
+    if warm:
+        shapes = shapes | {f"warm.{n}_l{k}": (config.hidden,) for k in range(config.layers) for n in names}
     model = f"a {config.layers}×{config.hidden} {config.cell.upper()} (embedding {config.embed}, {config.vocab_size} characters)"
     batch = state.config.batch_size if state is not None and state.config is not None else None
     for name, entry in header.items():
@@ -309,8 +332,10 @@ def tensors(header: dict, config: ModelConfig, state: TrainState | None) -> None
             want = shapes[name]
         elif name in OPTIMIZER_TENSORS:
             want = (CharModel.count_params(config),)
-        elif match and match[1] in CELLS[config.cell].state_names and int(match[2]) < config.layers:
+        elif match and match[1] in names and int(match[2]) < config.layers:
             want = (batch if batch is not None else (shape or (0,))[0], config.hidden)
+        elif WARM_TENSOR.fullmatch(name) and not warm:
+            raise Bad(f"tensor {show(name)}", "is a warmed-up state without its warm_up field")
         else:
             raise Bad(f"tensor {show(name)}", f"is not part of {model}")
         if shape != want:
@@ -328,7 +353,8 @@ def parse(path: Path, header: dict, meta: dict) -> Metadata:
         chars = vocab(_json(meta, "vocab"), config.vocab_size)
         state = train_state(_json(meta, "train") if "train" in meta else {})
         corpus = corpus_fingerprint(_json(meta, "corpus") if "corpus" in meta else {})
-        tensors(header, config, state)
+        warm = warm_up(_json(meta, "warm_up") if "warm_up" in meta else None, config.vocab_size)
+        tensors(header, config, state, warm is not None)
     except Bad as e:
         raise CheckpointError(
             f"{path}: damaged checkpoint: {e.field} {e.problem}. Use another copy of the model, or train it again.",
@@ -337,4 +363,4 @@ def parse(path: Path, header: dict, meta: dict) -> Metadata:
             field=e.field,
             problem=e.problem,
         ) from None
-    return Metadata(config, chars, state, corpus)
+    return Metadata(config, chars, state, corpus, warm)

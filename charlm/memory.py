@@ -38,7 +38,6 @@ from charlm.corpus import MEMMAP_MIN_CHARS
 from charlm.errors import NotEnoughMemory
 from charlm.evaluate import EVAL_BATCH, EVAL_STEPS
 from charlm.model import CharModel
-from charlm.parallel import default_workers, row_blocks
 from charlm.sysmem import available_bytes
 
 FLOAT = 4  # bytes of a float32, every model array's dtype
@@ -158,6 +157,8 @@ def training(model: ModelConfig, train: TrainConfig, vocab_size: int, corpus_cha
     c = replace(model, vocab_size=vocab_size)
     P = CharModel.count_params(c)
     B, T, L, H = train.batch_size, train.seq_len, c.layers, c.hidden
+    from charlm.parallel import default_workers, row_blocks  # here: loading a model needs no worker processes
+
     blocks = row_blocks(B, min(train.threads or default_workers(B), B))
     b = max(s.stop - s.start for s in blocks)  # rows of the largest block
     workers = len(blocks) - 1

@@ -289,6 +289,8 @@ def info_fields(info, width: int = 80) -> Fields:
         rest = f"{rng}  ({len(vals)} evaluations)"
         room = width - len("validation curve  ") - len(rest)
         fields.append(("validation curve", f"{sparkline(vals, max(10, min(60, room)))}{rest}"))
+    if info.warmed_up:
+        fields.append(("sampling", "warmed-up state stored: an unprompted sample starts at once"))
     return Fields(fields)
 
 
@@ -363,6 +365,7 @@ def info_json(info) -> dict:
         "training": training,
         "best_val": _best_val(info),
         "val_curve": [[int(step), _finite(v)] for step, v in (info.val_curve or [])],
+        "warmed_up": info.warmed_up,
     }
 
 

@@ -168,6 +168,7 @@ class RunInfo:
     state: TrainState | None = None
     corpus: CorpusFingerprint | None = None
     val_curve: list[tuple[int, float]] | None = None
+    warmed_up: bool = False  # the sampler's warmed-up state is stored with it
     broken = None  # readable (see BrokenRun)
 
     @property
@@ -187,14 +188,17 @@ def describe(path: Path) -> RunInfo:
     md = read_metadata(path, header, meta)
     params = 0
     for name, entry in header.items():
-        if not name.startswith(("optimizer.", "state.")):
+        if not name.startswith(("optimizer.", "state.", "warm.")):  # the model's own tensors
             n = 1
             for d in entry["shape"]:
                 n *= d
             params += n
     curve = _curve(md.state, path)
     stat = path.stat()
-    return RunInfo(path, md.config, len(md.vocab), params, stat.st_size, stat.st_mtime, md.state, md.corpus, curve)
+    return RunInfo(
+        path, md.config, len(md.vocab), params, stat.st_size, stat.st_mtime, md.state, md.corpus, curve,
+        md.warm_up is not None,
+    )  # fmt: skip
 
 
 def _curve(state: TrainState | None, path: Path) -> list[tuple[int, float]]:

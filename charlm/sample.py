@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -29,6 +30,39 @@ WARMUP_CHARS = 256  # unprinted characters of its own that an unprompted sampler
 WARMUP_SEED = 0  # the same warm-up for every seed: the seed only chooses the printed text
 WARMUP = SampleConfig(temperature=1.0, seed=WARMUP_SEED)  # the warm-up draws from the model's own distribution
 DRAW_CHUNK = 4096  # uniform numbers drawn at a time: memory stays flat in the length of a sample
+
+
+@dataclass(frozen=True)
+class Warmed:
+    """Where ``Sampler.warm_up`` brings a model: the id fed first and the state a<t>
+    (and c<t>) of every layer, (H,) vectors, for WARMUP_CHARS and WARMUP_SEED.
+    Stored with a model (``charlm.checkpoint``), it spares an unprompted sample the
+    warm-up: the same state, so the same text for every seed (made by ``warmed_state``)."""
+
+    first: int  # the id generate feeds first: the newline the warm-up stopped at (as a rule)
+    state: list[tuple[np.ndarray, ...]]  # per layer, one (H,) vector per state name (LSTM: a, c)
+    chars: int = WARMUP_CHARS  # the warm-up it is the end of: stored with it, so that
+    seed: int = WARMUP_SEED  # a state of another warm-up recipe is never taken for this one
+
+    def fits(self, model: CharModel) -> bool:
+        """True when this is a warm-up of this charlm's recipe for ``model``'s layers and dtype."""
+        return (
+            (self.chars, self.seed) == (WARMUP_CHARS, WARMUP_SEED)
+            and 0 <= self.first < model.config.vocab_size
+            and len(self.state) == len(model.rnn)
+            and all(
+                len(parts) == len(cell.state_names)
+                and all(p.shape == (cell.hidden_size,) and p.dtype == model.dtype for p in parts)
+                for parts, cell in zip(self.state, model.rnn, strict=True)
+            )
+        )
+
+
+def warmed_state(model: CharModel, vocab: Vocab) -> Warmed:
+    """The warm-up of ``Sampler.warm_up``, run live: what a model stores to start fast."""
+    sampler = Sampler(model, vocab)
+    first = sampler.warm_up()
+    return Warmed(first, [tuple(part.copy() for part in layer) for layer in sampler.state])
 
 
 class Decoder:
@@ -125,8 +159,11 @@ class Sampler:
     """Text from ``model`` at batch 1, drawn as ``config`` says; the state carries over
     from one ``generate`` call to the next until ``reset``."""
 
-    def __init__(self, model: CharModel, vocab: Vocab, config: SampleConfig = SampleConfig()) -> None:
+    def __init__(
+        self, model: CharModel, vocab: Vocab, config: SampleConfig = SampleConfig(), warmed: Warmed | None = None
+    ) -> None:
         self.config = config.check()
+        self.warmed = warmed if warmed is not None and warmed.fits(model) else None  # else warm_up runs live
         self.model = model
         self.vocab = vocab
         self.rng = np.random.default_rng(config.seed)
@@ -183,8 +220,14 @@ class Sampler:
         characters, ln 134 = 4.9). So an unprompted sample first runs the model on
         WARMUP_CHARS characters of its own text at τ = 1, drawn with a fixed seed and
         not printed, then on to the next newline (at most WARMUP_CHARS more), and the
-        printed text starts after that newline.
+        printed text starts after that newline. With a stored ``Warmed`` (made by
+        ``warmed_state``) the state is copied in instead of computed: the same state.
         """
+        if self.warmed is not None:
+            for mine, stored in zip(self.state, self.warmed.state, strict=True):
+                for part, value in zip(mine, stored, strict=True):
+                    part[...] = value
+            return self.warmed.first
         newline = self.vocab.index("\n")
         x = newline if newline is not None else int(np.argmax(self.dec_b))
         choose = Decoder(len(self.vocab), WARMUP, self.logits.dtype).choose

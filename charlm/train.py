@@ -51,6 +51,7 @@ from charlm.model import CharModel
 from charlm.optim import Adam, clip_grad_norm_, learning_rate, timed_learning_rate
 from charlm.parallel import DataParallel, default_workers
 from charlm.runfolder import RunFolder
+from charlm.sample import warmed_state
 from charlm.signals import signals_call
 from charlm.validation import Validation
 from charlm.vocab import Vocab
@@ -317,9 +318,10 @@ class Trainer:
             val_curve=v.val_curve,
         )
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, warm: bool = False) -> None:
         """Write a resumable checkpoint (atomically). Refuses non-finite weights, so a
-        blow-up can never replace the last good checkpoint."""
+        blow-up can never replace the last good checkpoint. With ``warm`` it also holds
+        the sampler's warmed-up state, so that sampling from it starts at once."""
         if not (np.isfinite(self.model.flat).all() and np.isfinite(self.optimizer.v).all()):
             raise self.diverged("the weights are no longer finite numbers", self.step)
         t0 = time.perf_counter()
@@ -327,7 +329,8 @@ class Trainer:
         for layer, parts in enumerate(self.state):
             for name, arr in zip(self.model.rnn[layer].state_names, parts, strict=True):
                 extra[f"state.{name}_l{layer}"] = arr
-        checkpoint.save(path, self.model, self.vocab, self.train_state(), self.corpus, extra)
+        warmed = warmed_state(self.model, self.vocab) if warm else None
+        checkpoint.save(path, self.model, self.vocab, self.train_state(), self.corpus, extra, warmed=warmed)
         if Path(path).name == "last.safetensors":
             self.saved_step = self.step
         if self.budget is not None:

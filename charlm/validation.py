@@ -21,6 +21,7 @@ import numpy as np
 
 from charlm import checkpoint
 from charlm.evaluate import Score, score_ids, score_sample, scoring_steps
+from charlm.sample import warmed_state
 
 if TYPE_CHECKING:
     from charlm.train import Trainer
@@ -92,8 +93,9 @@ class Validation:
 
     def validate_whole(self) -> dict | None:
         """The end of a run: validate the best weights (those of best.safetensors) on all
-        the held-out text, make that the run's best_val, and write it into best.safetensors,
-        last.safetensors and a last metrics line (with best_step, best_val_loss, val_chars)."""
+        the held-out text, make that the run's best_val, and write it into best.safetensors
+        (with the sampler's warmed-up state), last.safetensors and a last metrics line
+        (with best_step, best_val_loss, val_chars)."""
         t = self.trainer
         if t.budget is not None:
             t.total_steps = t.step  # the schedule has run to its end
@@ -126,7 +128,7 @@ class Validation:
         if earlier:
             self._rewrite_best(best)
         else:
-            t.save(t.folder.best)
+            t.save(t.folder.best, warm=True)  # sampling from the run's best model starts at once
         t.save(t.folder.last)
         t.folder.log(record)
         t.callbacks.on_final(t, record)
@@ -140,7 +142,8 @@ class Validation:
         t.model.load_params(best.params)
         try:
             t0 = time.perf_counter()
-            checkpoint.save(t.folder.best, t.model, t.vocab, state, t.corpus, best.extra)
+            warmed = warmed_state(t.model, t.vocab)  # sampling from the run's best model starts at once
+            checkpoint.save(t.folder.best, t.model, t.vocab, state, t.corpus, best.extra, warmed=warmed)
             if t.budget is not None:
                 t.budget.note_save(time.perf_counter() - t0)
         finally:

@@ -200,3 +200,25 @@ def test_time_to_quality_add_keeps_earlier_runs_of_todays_defaults(tmp_path):
     assert [(r["minutes"], r["seed"], r["system"]) for r in kept] == [(3.0, 0, "charlm"), (3.0, 0, "nanogpt")]
     assert commands == ["python benchmarks/time_to_quality.py --minutes 3"]
     assert ttq.kept_runs(tmp_path / "none.json", redo=set()) == ([], [])
+
+
+def test_startup_benchmark_writes_its_section_with_medians_and_goals(tmp_path, monkeypatch):
+    """benchmarks/startup.py with the processes stubbed out: medians, the goals met or
+    not, and every run's seconds in the JSON next to the report."""
+    import json
+
+    import startup
+
+    seconds = {"python": 0.02, "help": 0.12, "sample": 0.5}
+    monkeypatch.setattr(startup, "run_as_user", lambda: None)  # never re-executes the test process
+    monkeypatch.setattr(
+        startup, "run_once", lambda argv: next((s, s) for k, s in seconds.items() if k in " ".join(argv))
+    )
+    monkeypatch.setattr(startup, "commands", lambda charlm: {k: [k] for k in seconds})
+    out = tmp_path / "R.md"
+    startup.main(["--runs", "3", "--warmup", "1", "--out", str(out)])
+    section = read_section(out, "Start-up")
+    assert "| `charlm --help` | 0.120 s |" in section and "| ≤ 0.15 s | **yes** |" in section
+    assert "| `charlm sample -m shakespeare --length 200` | 0.500 s |" in section and "**no**" in section
+    data = json.loads((tmp_path / "startup.json").read_text())
+    assert data["times"]["help"]["wall"] == [0.12] * 3

@@ -157,6 +157,7 @@ INFO_FIELDS = {
     "training",
     "best_val",
     "val_curve",
+    "warmed_up",
 }
 RUNS_FIELDS = {
     "run",
@@ -195,7 +196,7 @@ def test_info_and_runs_json(tmp_path, run_dir):
     info = json.loads(r.stdout)
     assert set(info) == INFO_FIELDS and set(info["model"]) == MODEL_FIELDS
     assert info["checkpoint"] == str(run_dir / "best.safetensors") and info["model"]["hidden"] == 8
-    assert info["corpus"]["name"] == "small.txt"
+    assert info["corpus"]["name"] == "small.txt" and info["warmed_up"] is False  # saved without one
     runs = json.loads(here("runs", "--json", cwd=tmp_path).stdout)
     assert len(runs) == 1 and set(runs[0]) == RUNS_FIELDS
     assert runs[0]["run"] == str(Path("runs") / "small") and runs[0]["params"] == info["params"]

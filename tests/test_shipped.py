@@ -31,8 +31,10 @@ def test_shipped_model_is_small_float16_and_trained_on_its_corpus(name):
     assert path is not None, f"charlm/models/{name}.safetensors is missing: run 'make models'"
     assert path.stat().st_size <= MAX_BYTES
     with safe_open(str(path), "np") as f:
-        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
-        assert not any(k.startswith(("optimizer.", "state.")) for k in f.keys())  # exported: weights only
+        weights = [k for k in f.keys() if not k.startswith("warm.")]  # the warmed-up state: float32, (H,) each
+        assert {f.get_slice(k).get_dtype() for k in weights} == {"F16"}
+        assert {f.get_slice(k).get_dtype() for k in f.keys() if k not in weights} == {"F32"}
+        assert not any(k.startswith(("optimizer.", "state.")) for k in f.keys())  # exported: no resume state
     ck = load(path)
     text = (corpus_dir() / f"{name}.txt").read_text(encoding="utf-8")
     assert ck.corpus.sha256 and ck.corpus.chars == len(text)

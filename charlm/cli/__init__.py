@@ -1,11 +1,12 @@
 """The ``charlm`` command line. Parsing, calling and printing only: no maths here.
 
 Results go to stdout; progress, warnings and errors to stderr. NumPy and the
-model code are imported inside the commands, so ``charlm --help`` is instant.
-One module per command group registers its commands on the one Typer ``app``.
+model code are imported inside the commands, and rich when a console is first
+used, so ``charlm --help`` is instant. One module per command group registers its
+commands on the one Typer ``app``; those modules evaluate their annotations when
+the commands are defined (no ``from __future__ import annotations``), since Typer
+reads every option's annotation at each start and would compile them from strings.
 """
-
-from __future__ import annotations
 
 import os
 import sys

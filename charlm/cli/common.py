@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from charlm.cli.help import HelpTyper
-from charlm.cli.output import StdoutConsole
+from charlm.cli.output import LazyConsole, stderr_console, stdout_console
 from charlm.errors import CharlmError, ConfigError, UsageError
 
 app = HelpTyper(
@@ -21,8 +20,8 @@ app = HelpTyper(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-err = Console(stderr=True, soft_wrap=True, highlight=False)
-out = StdoutConsole(soft_wrap=True, highlight=False)
+err = LazyConsole(stderr_console)  # progress, warnings and errors
+out = LazyConsole(stdout_console)  # results
 
 DEFAULT_MINUTES = 10.0
 

@@ -1,7 +1,5 @@
 """``charlm sample``: a checkpoint in, text out."""
 
-from __future__ import annotations
-
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -122,7 +120,7 @@ def sample(
         unknown=unknown,
     ).check()
     prime, label = _prime_text(prime, prime_file)
-    ckpt = load(checkpoint_path(checkpoint, model_name))
+    ckpt = load(checkpoint_path(checkpoint, model_name), with_extra=False)  # weights and warmed state only
     form = text_form(ckpt.corpus)  # the prime is read as the model's training text was
     prime = form.apply(prime)
     if config.stop is not None:
@@ -135,7 +133,7 @@ def sample(
             "every sample runs to --length.",
             markup=False,
         )
-    _write_samples(Sampler(ckpt.build_model(), ckpt.vocab, config), ids, prime)
+    _write_samples(Sampler(ckpt.build_model(), ckpt.vocab, config, ckpt.warmed), ids, prime)
 
 
 def _prime_text(prime: str, prime_file: Path | None) -> tuple[str, str]:

@@ -23,6 +23,8 @@ from pathlib import Path
 import typer
 from typer.core import TyperCommand, TyperGroup
 
+from charlm.cli.coerce import convert_plainly
+
 # The metavar of an option that takes a value, by the type its function declares.
 TYPE_WORDS: dict[type, str] = {int: "INTEGER", float: "FLOAT", str: "TEXT", Path: "PATH"}
 
@@ -121,9 +123,15 @@ class HelpMixin:
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        convert_plainly(self.params)  # not through Pydantic: see charlm.cli.coerce
         for p in self.params:  # error messages name an argument as its help does: 'CORPUS'
             if p.param_type_name == "argument" and p.metavar is None:
                 p.metavar = (p.name or "").upper()
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)
+        convert_plainly([] if option is None else [option])
+        return option
 
     def collect_usage_pieces(self, ctx) -> list[str]:
         return _usage_pieces(self, ctx)

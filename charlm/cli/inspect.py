@@ -1,7 +1,5 @@
 """``charlm corpora``, ``info``, ``export``, ``runs`` and ``bench``: what is here, and how fast it runs."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated
 

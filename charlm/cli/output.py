@@ -1,17 +1,44 @@
-"""How results reach stdout: a console that ends quietly on a closed pipe."""
+"""How results and messages reach the terminal: rich consoles made on first use, and
+a stdout console that ends quietly on a closed pipe."""
 
 from __future__ import annotations
 
-from rich.console import Console
+from collections.abc import Callable
+from typing import Any
 
 
-class StdoutConsole(Console):
+class LazyConsole:
+    """A rich Console, made by ``make`` when first used: importing rich takes longer
+    than ``charlm --help`` may, and help pages are written without it."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+        self._console = None
+
+    def __getattr__(self, name: str):
+        if self._console is None:
+            self._console = self._make()
+        return getattr(self._console, name)
+
+
+def stderr_console():
+    """Rich's console for progress, warnings and errors."""
+    from rich.console import Console
+
+    return Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+def stdout_console():
     """Rich's console for results. Rich answers a closed pipe with SystemExit(1); this
     one raises BrokenPipeError, which ``charlm.cli.main`` turns into a quiet exit 0."""
+    from rich.console import Console
 
-    def on_broken_pipe(self) -> None:
-        self.quiet = True
-        raise BrokenPipeError
+    class StdoutConsole(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            raise BrokenPipeError
+
+    return StdoutConsole(soft_wrap=True, highlight=False)
 
 
 def print_json(value) -> None:

@@ -1,7 +1,5 @@
 """``charlm perplexity`` and ``charlm score``: a checkpoint and a text in, numbers out."""
 
-from __future__ import annotations
-
 import sys
 from pathlib import Path
 from typing import Annotated

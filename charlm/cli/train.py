@@ -1,7 +1,5 @@
 """``charlm train``: options in, a Trainer run, the summary out."""
 
-from __future__ import annotations
-
 import shlex
 import sys
 from pathlib import Path
@@ -202,10 +200,10 @@ def _new_run(
     stem: str,
     name: str | None,
     out_dir: Path,
-    model_config: ModelConfig,
-    config: TrainConfig,
+    model_config: "ModelConfig",
+    config: "TrainConfig",
     started: float,
-) -> Trainer:
+) -> "Trainer":
     """The Trainer of a new run in OUT/NAME; with no budget given, DEFAULT_MINUTES."""
     from dataclasses import replace
 
@@ -228,7 +226,7 @@ def _new_run(
     return prepare_run(path, folder, model_config, config, display, started)
 
 
-def _resume(ctx: typer.Context, resume: str, name: str | None, out_dir: Path, path: Path, started: float) -> Trainer:
+def _resume(ctx: typer.Context, resume: str, name: str | None, out_dir: Path, path: Path, started: float) -> "Trainer":
     """The Trainer for ``train --resume``: the options given on the command line are passed on."""
     from charlm.cli.progress import TrainingDisplay
     from charlm.resume import RESUME_SETTINGS, resume_run
