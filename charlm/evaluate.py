@@ -10,8 +10,8 @@ start, unscored, so its (a<t>, c<t>) carry context as they would in one pass
 over the whole text; the result then matches a single unbatched pass to about
 1e-4 nats/char instead of paying for B cold starts.
 
-A forward pass (``charlm.scorer``: forward only, rows split over threads) covers
-EVAL_STEPS time steps of all B rows: its memory does not grow with the text.
+A forward pass (``charlm.scorer``, forward only) covers EVAL_STEPS time steps of
+all B rows: its memory does not grow with the text.
 
 Training validates on a spread sample during the run (``score_sample``: the
 first characters of every row, so the same rows and warm-up as the whole) and

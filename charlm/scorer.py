@@ -12,38 +12,17 @@ of once per chunk, so a Scorer is a snapshot of the model's weights: make a new 
 after they change. A chunk needs one (T, B, G·H) and one (T, B, H) array whatever
 the depth (each layer's pre-activations overwrite the last's, its outputs the last's
 outputs), and the logits (T·B, V).
-
-Rows are independent streams, so a chunk's B rows are split into groups that run
-in threads of their own (NumPy releases the GIL in its products and ufuncs), the
-BLAS limited to one thread meanwhile: each core then runs one group's products
-and its element-wise work, instead of two BLAS threads meeting at every small
-per-step product while the element-wise work runs on one core.
 """
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-from itertools import pairwise
-
 import numpy as np
 
-from charlm import blas
 from charlm.cells import CELLS
 from charlm.cells.base import Workspace
 from charlm.config import ModelConfig
 from charlm.layers import log_softmax_pick
 from charlm.model import CharModel, State
-
-MIN_GROUP_ROWS = 16  # rows per thread at least: smaller groups make the per-step products inefficient
-
-
-def default_groups(B: int) -> int:
-    """Thread groups for B rows: one per core, each with at least MIN_GROUP_ROWS rows;
-    1 when the BLAS threads cannot be limited (its own threads would compete)."""
-    if not blas.controllable():
-        return 1
-    return max(1, min(os.cpu_count() or 1, B // MIN_GROUP_ROWS))
 
 
 def prepared_floats(c: ModelConfig) -> int:
@@ -55,18 +34,16 @@ def prepared_floats(c: ModelConfig) -> int:
 
 
 def chunk_floats(c: ModelConfig, T: int, B: int) -> int:
-    """Floats of a (T, B) chunk's arrays, all thread groups together: the pre-activations
-    (T, B, G·H), the outputs (T, B, H) and the logits (T·B, V)."""
+    """Floats of a (T, B) chunk's arrays: the pre-activations (T, B, G·H), the outputs
+    (T, B, H) and the logits (T·B, V)."""
     return T * B * (CELLS[c.cell].gates * c.hidden + c.hidden + c.vocab_size)
 
 
 class Scorer:
     """−log p of a chunk's targets, or only its final state, from forward-only passes."""
 
-    def __init__(self, model: CharModel, groups: int | None = None) -> None:
-        """Prepare ``model``'s weights; ``groups``: thread groups (default: ``default_groups``)."""
+    def __init__(self, model: CharModel) -> None:
         self.model = model
-        self.groups = groups
         self.prepared = [layer.prepare() for layer in model.rnn]
         first, p = model.rnn[0], model.params
         table = p["embedding.weight"] @ first.w_ih.T  # (V, G·H), summed as CharModel._forward does
@@ -74,52 +51,22 @@ class Scorer:
         table += first.b_hh
         self.table = table * first._gate_scale()  # s ∗ (Emb W_ihᵀ + b)
         self.w_dec, self.b_dec = p["decoder.weight"], p["decoder.bias"]  # (V, H), (V,)
-        self._workspaces: list[Workspace] = []  # one per thread group
+        self._workspace = Workspace(limit=1)  # a shorter last chunk replaces the arrays
 
     def nll(self, ids: np.ndarray, targets: np.ndarray, state: State) -> tuple[np.ndarray, State]:
         """−log p(target) in nats for each position, (T, B) float64; and the final state.
         ids, targets: (T, B) ints; state: the carried state (left as it is)."""
-        return self._split(ids, targets, state)
+        return self._run(ids, targets, state)
 
     def advance(self, ids: np.ndarray, state: State) -> State:
         """The final state after reading a (T, B) chunk of ids; nothing is scored."""
-        return self._split(ids, None, state)[1]
+        return self._run(ids, None, state)[1]
 
-    # -- thread groups --------------------------------------------------------
-
-    def _split(self, ids, targets, state) -> tuple[np.ndarray | None, State]:
-        T, B = ids.shape
-        n = self.groups or default_groups(B)
-        n = max(1, min(n, B))
-        while len(self._workspaces) < n:
-            self._workspaces.append(Workspace(limit=1))  # a shorter last chunk replaces the set
-        if n == 1:
-            return self._run(self._workspaces[0], ids, targets, state)
-        bounds = np.linspace(0, B, n + 1).round().astype(int)
-        rows = [slice(int(a), int(b)) for a, b in pairwise(bounds)]
-
-        def run(k: int):
-            r = rows[k]
-            part = [tuple(s[r] for s in layer) for layer in state]
-            return self._run(self._workspaces[k], ids[:, r], None if targets is None else targets[:, r], part)
-
-        with blas.limit(1), ThreadPoolExecutor(n - 1) as pool:
-            others = [pool.submit(run, k) for k in range(1, n)]
-            results = [run(0)] + [f.result() for f in others]
-        nats = None if targets is None else np.concatenate([r[0] for r in results], axis=1)
-        new_state = [
-            tuple(np.concatenate([r[1][layer][k] for r in results]) for k in range(len(state[layer])))
-            for layer in range(len(state))
-        ]
-        return nats, new_state
-
-    # -- one group ------------------------------------------------------------
-
-    def _run(self, workspace: Workspace, ids, targets, state) -> tuple[np.ndarray | None, State]:
+    def _run(self, ids, targets, state) -> tuple[np.ndarray | None, State]:
         T, B = ids.shape
         model = self.model
         H, GH = model.config.hidden, self.table.shape[1]
-        ws = workspace.get((T, B), lambda: _arrays(T, B, GH, H, self.table.shape[0], model.dtype))
+        ws = self._workspace.get((T, B), lambda: _arrays(T, B, GH, H, self.table.shape[0], model.dtype))
         pre, out = ws["pre"], ws["out"]  # (T, B, G·H), (T, B, H)
         if ids.size and (ids.min() < 0 or ids.max() >= self.table.shape[0]):
             raise IndexError(f"symbol ids must lie in [0, {self.table.shape[0]}) for this model")

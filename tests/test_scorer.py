@@ -1,17 +1,15 @@
 """The forward-only scoring path (charlm.scorer, Recurrent.prepare/infer) against the
 plain reference: the notes' step functions in a loop, the embedding and a float64
-log-softmax, with a carried state; in thread groups as in one."""
+log-softmax, with a carried state."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-import charlm.scorer
 from charlm.cells import GRU, LSTM, RNN
-from charlm.evaluate import score_ids, surprisal
 from charlm.model import CharModel, ModelConfig
-from charlm.scorer import Scorer, chunk_floats, default_groups, prepared_floats
+from charlm.scorer import Scorer, chunk_floats, prepared_floats
 from tests.gradcheck import make_layer, reference_forward
 
 TOL = 1e-10  # float64 throughout
@@ -36,14 +34,13 @@ def reference_nll(model: CharModel, ids, targets, state) -> tuple[np.ndarray, li
 
 
 @pytest.mark.parametrize("cell", sorted(CELLS))
-@pytest.mark.parametrize("groups", [1, 2, 3])
-def test_scorer_matches_the_reference_with_a_carried_state(cell, groups):
+def test_scorer_matches_the_reference_with_a_carried_state(cell):
     rng = np.random.default_rng(4)
     model = CharModel(ModelConfig(vocab_size=9, cell=cell, embed=5, hidden=6, layers=3), dtype=np.float64, seed=2)
     model.flat[...] = rng.uniform(-0.6, 0.6, model.flat.shape)  # biases too, nonzero
     T, B = 7, 5
     state = random_state(model, B, rng)
-    scorer = Scorer(model, groups=groups)
+    scorer = Scorer(model)
     for _ in range(2):  # two chunks: the returned state carries into the next
         ids, targets = rng.integers(0, 9, (T, B)), rng.integers(0, 9, (T, B))
         want, want_state = reference_nll(model, ids, targets, state)
@@ -78,31 +75,16 @@ def test_layer_infer_matches_the_reference_and_leaves_the_state(cls):
 
 
 def test_scorer_matches_the_training_forward_in_float32():
-    """float32, as scoring runs: CharModel.nll's figures (the same operations) in every group split."""
+    """float32, as scoring runs: CharModel.nll's figures (the same operations)."""
     rng = np.random.default_rng(6)
     model = CharModel(ModelConfig(vocab_size=20, cell="lstm", embed=8, hidden=16, layers=2), seed=3)
     ids, targets = rng.integers(0, 20, (9, 8)), rng.integers(0, 20, (9, 8))
     state = [tuple(s.astype(np.float32) for s in layer) for layer in random_state(model, 8, rng)]
     want, want_state = model.nll(ids, targets, state)
-    for groups in (1, 2, 4):
-        nats, got_state = Scorer(model, groups=groups).nll(ids, targets, state)
-        assert np.abs(nats - want).max() < 1e-5
-        for g_layer, w_layer in zip(got_state, want_state, strict=True):
-            assert all(np.abs(g - w).max() < 1e-5 for g, w in zip(g_layer, w_layer, strict=True))
-
-
-def test_scoring_in_thread_groups_equals_one_group(monkeypatch):
-    """score_ids and surprisal through evaluate's rows: the same figures with 3 groups as with 1."""
-    rng = np.random.default_rng(7)
-    model = CharModel(ModelConfig(vocab_size=12, cell="gru", embed=4, hidden=8, layers=2), dtype=np.float64, seed=4)
-    ids = rng.integers(0, 12, 700)
-    kw = dict(batch_size=6, min_row=16, steps=11, warmup=20)
-    monkeypatch.setattr(charlm.scorer, "default_groups", lambda B: 1)
-    one, one_each = score_ids(model, ids, **kw), surprisal(model, ids, **kw)
-    monkeypatch.setattr(charlm.scorer, "default_groups", lambda B: 3)
-    three, three_each = score_ids(model, ids, **kw), surprisal(model, ids, **kw)
-    assert abs(one.nats - three.nats) < 1e-9 and one.chars == three.chars == 699
-    assert np.abs(one_each - three_each).max() < TOL
+    nats, got_state = Scorer(model).nll(ids, targets, state)
+    assert np.abs(nats - want).max() < 1e-5
+    for g_layer, w_layer in zip(got_state, want_state, strict=True):
+        assert all(np.abs(g - w).max() < 1e-5 for g, w in zip(g_layer, w_layer, strict=True))
 
 
 def test_scorer_refuses_ids_outside_the_vocabulary():
@@ -111,26 +93,15 @@ def test_scorer_refuses_ids_outside_the_vocabulary():
         Scorer(model).nll(np.full((2, 2), 5), np.zeros((2, 2), np.int64), model.zero_state(2))
 
 
-def test_default_groups_one_per_core_with_enough_rows(monkeypatch):
-    monkeypatch.setattr(charlm.scorer.blas, "controllable", lambda: True)
-    monkeypatch.setattr(charlm.scorer.os, "cpu_count", lambda: 8)
-    assert default_groups(64) == 64 // charlm.scorer.MIN_GROUP_ROWS
-    assert default_groups(1) == 1
-    monkeypatch.setattr(charlm.scorer.os, "cpu_count", lambda: 2)
-    assert default_groups(64) == 2
-    monkeypatch.setattr(charlm.scorer.blas, "controllable", lambda: False)
-    assert default_groups(64) == 1
-
-
 @pytest.mark.parametrize("cell", sorted(CELLS))
 def test_memory_formulas_count_the_scorers_arrays(cell):
     """charlm.memory's scoring estimate rests on these: every array a Scorer keeps after a pass."""
     config = ModelConfig(vocab_size=30, cell=cell, embed=6, hidden=20, layers=3)
     model = CharModel(config)
     T, B = 7, 5
-    scorer = Scorer(model, groups=1)
+    scorer = Scorer(model)
     scorer.nll(np.zeros((T, B), np.int64), np.zeros((T, B), np.int64), model.zero_state(B))
     prepared = scorer.table.nbytes + sum(a.nbytes for w in scorer.prepared for a in w.values())
     assert prepared == 4 * prepared_floats(config)
-    chunk = sum(a.nbytes for a in scorer._workspaces[0].get((T, B), dict).values())
+    chunk = sum(a.nbytes for a in scorer._workspace.get((T, B), dict).values())
     assert chunk == 4 * chunk_floats(config, T, B)
