@@ -178,7 +178,8 @@ def render(data: dict, sums: list[dict]) -> str:
             "",
             f"Text: {data['text']}. {data['pairs']} pair{'' if data['pairs'] == 1 else 's'} per model, alternately, each run a process of its own; medians. "
             "Scoring: the seconds of the scoring alone, measured inside each process after loading the checkpoint and "
-            "encoding the text (charlm: `charlm.evaluate.score_ids`, what `charlm perplexity` runs; peer: "
+            "encoding the text (charlm: `charlm.evaluate.score_ids`, what `charlm perplexity` runs: forward-only "
+            "passes of `charlm.scorer`; peer: "
             "`benchmarks/score_peer.py`, the same 64 rows and 256-character warm-up, "
             f"{data['steps']} time steps per forward pass). Whole process: `charlm perplexity TEXT --checkpoint CKPT "
             "--json` against `python benchmarks/score_peer.py TEXT --checkpoint CKPT --json`, start-up and imports "

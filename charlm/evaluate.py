@@ -10,9 +10,8 @@ start, unscored, so its (a<t>, c<t>) carry context as they would in one pass
 over the whole text; the result then matches a single unbatched pass to about
 1e-4 nats/char instead of paying for B cold starts.
 
-Each forward pass covers EVAL_STEPS time steps of all B rows. How a row is cut
-into passes changes no figure (the state is carried), only memory: a layer's
-workspace holds B × EVAL_STEPS steps, whatever the length of the text.
+A forward pass (``charlm.scorer``, forward only) covers EVAL_STEPS time steps of
+all B rows: its memory does not grow with the text.
 
 Training validates on a spread sample during the run (``score_sample``: the
 first characters of every row, so the same rows and warm-up as the whole) and
@@ -33,12 +32,13 @@ from charlm.config import check_unknown_policy
 from charlm.data import RELEASE_EVERY, release_pages
 from charlm.errors import CharlmError, ConfigError
 from charlm.model import CharModel, State
+from charlm.scorer import Scorer
 from charlm.vocab import Vocab, code_points, describe_char, describe_counts
 
 EVAL_BATCH = 64  # rows scored in parallel
 EVAL_MIN_ROW = 128  # each row holds at least this many targets, so a short text is scored in fewer rows
 EVAL_WARMUP = 256  # characters each row ≥ 1 reads, unscored, before its first prediction
-EVAL_STEPS = 16  # time steps per forward pass: a layer's workspace holds B × EVAL_STEPS steps (see charlm.cells)
+EVAL_STEPS = 16  # time steps per forward pass: a pass's arrays hold B × EVAL_STEPS steps (see charlm.scorer)
 
 
 @dataclass(frozen=True)
@@ -94,14 +94,15 @@ def surprisal_chunks(
     B, L = row_layout(n_targets, batch_size, min_row)
     rows_x = ids[: B * L].reshape(B, L)
     rows_y = ids[1 : B * L + 1].reshape(B, L)
-    state = _row_states(model, ids, B, L, warmup, steps)
+    scorer = Scorer(model)
+    state = _row_states(scorer, ids, B, L, warmup, steps)
     starts = np.arange(B)[None, :] * L  # (1, B)
     end = L if row_limit is None else min(L, row_limit)
     for k, s in enumerate(range(0, end, steps)):
         e = min(end, s + steps)
         x = np.ascontiguousarray(rows_x[:, s:e].T, dtype=np.int64)  # (T', B)
         y = np.ascontiguousarray(rows_y[:, s:e].T, dtype=np.int64)
-        nats, state = model.nll(x, y, state)
+        nats, state = scorer.nll(x, y, state)
         yield starts + np.arange(s, e)[:, None], nats
         if k % RELEASE_EVERY == RELEASE_EVERY - 1:
             release_pages(ids)  # a memmapped text (a long file): read pages need not stay resident
@@ -112,23 +113,22 @@ def surprisal_chunks(
             e = min(B * L + rest, s + steps)
             x = ids[s:e].astype(np.int64).reshape(-1, 1)
             y = ids[s + 1 : e + 1].astype(np.int64).reshape(-1, 1)
-            nats, state = model.nll(x, y, state)
+            nats, state = scorer.nll(x, y, state)
             yield np.arange(s, e)[:, None], nats
 
 
-def _row_states(model: CharModel, ids: np.ndarray, B: int, L: int, warmup: int, steps: int) -> State:
+def _row_states(scorer: Scorer, ids: np.ndarray, B: int, L: int, warmup: int, steps: int) -> State:
     """The state each of B rows of length L starts from: row 0 starts the text (zero
     state); row b ≥ 1 has read the ``warmup`` characters before its start, unscored.
 
     All B rows are run (row 0 reads row 1's characters), so the warm-up uses the
     scoring's workspace shape; row 0's state is then reset to zero."""
-    state = model.zero_state(B)
+    state = scorer.model.zero_state(B)
     W = min(warmup, L)  # row b ≥ 1 starts at bL ≥ L, so W characters precede it
     if B > 1 and W > 0:
         before = np.stack([ids[max(b, 1) * L - W : max(b, 1) * L] for b in range(B)], axis=1).astype(np.int64)
         for s in range(0, W, steps):  # (W, B) in chunks; only the final state is kept
-            chunk = before[s : s + steps]
-            _, state = model.nll(chunk, chunk, state)
+            state = scorer.advance(before[s : s + steps], state)
         for layer in state:
             for part in layer:
                 part[0] = 0.0
@@ -169,10 +169,10 @@ def scoring_steps(n_ids: int, chars: int | None = None, warmup: int = EVAL_WARMU
 def pass_step_seconds(model: CharModel, batch_size: int = EVAL_BATCH, steps: int = EVAL_STEPS) -> float:
     """Seconds a time step of a scoring pass takes now, timed on one pass of zeros
     (after an untimed one that sets up the workspace)."""
-    x = np.zeros((steps, batch_size), np.int64)  # (T, B)
-    model.nll(x, x, model.zero_state(batch_size))
+    x, scorer = np.zeros((steps, batch_size), np.int64), Scorer(model)  # (T, B)
+    scorer.nll(x, x, model.zero_state(batch_size))
     t0 = time.perf_counter()
-    model.nll(x, x, model.zero_state(batch_size))
+    scorer.nll(x, x, model.zero_state(batch_size))
     return (time.perf_counter() - t0) / steps
 
 
@@ -254,10 +254,10 @@ def score_sentences(
     encoded, dropped = _encode_sentences(vocab, sentences, unknown)
     lengths = np.array([len(ids) for ids in encoded], dtype=np.int64)
     nats = np.zeros(len(sentences))
-    order = np.argsort(lengths, kind="stable")
+    order, scorer = np.argsort(lengths, kind="stable"), Scorer(model)
     for g in range(0, len(order), batch_size):
         group = order[g : g + batch_size]
-        nats[group] = _group_nats(model, [encoded[i] for i in group], steps)
+        nats[group] = _group_nats(scorer, [encoded[i] for i in group], steps)
     return [
         SentenceScore(float(nats[i]), max(0, int(lengths[i]) - 1), dropped[i], text=text)
         for i, text in enumerate(sentences)
@@ -301,7 +301,7 @@ def _nothing_to_score(short: list[int], lost: dict[int, Counter], newline: bool)
     )
 
 
-def _group_nats(model: CharModel, group: list[np.ndarray], steps: int) -> np.ndarray:
+def _group_nats(scorer: Scorer, group: list[np.ndarray], steps: int) -> np.ndarray:
     """−log P of each id sequence of a batch (B,), its first id fed, not scored; padded at the end."""
     B = len(group)
     T = max(len(ids) for ids in group) - 1  # predicted positions of the longest
@@ -314,11 +314,11 @@ def _group_nats(model: CharModel, group: list[np.ndarray], steps: int) -> np.nda
         n = len(ids) - 1
         if n > 0:
             x[:n, b], y[:n, b], keep[:n, b] = ids[:-1], ids[1:], 1.0
-    state = model.zero_state(B)
+    state = scorer.model.zero_state(B)
     total = np.zeros(B)
     for s in range(0, T, steps):
         e = min(T, s + steps)
-        chunk, state = model.nll(x[s:e], y[s:e], state)  # (T', B)
+        chunk, state = scorer.nll(x[s:e], y[s:e], state)  # (T', B)
         total += (chunk * keep[s:e]).sum(axis=0)
     return total
 

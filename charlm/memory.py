@@ -14,8 +14,9 @@ and a checkpoint file of F ≈ 4·3P bytes (weights, Adam's m and v):
 
 A workspace is what the recurrent layers keep per (T, B) chunk shape
 (``charlm.cells``): the gate values (T, B, G·H), the states a<t> (and c<t>,
-tanh c<t>), and scaled copies of W_ih and W_hh; the main process keeps at most
-two shapes, a training block's and a validation pass's (``Workspace``). A step's
+tanh c<t>), and scaled copies of W_ih and W_hh, for a training block; a scoring
+or validation pass keeps its own while it runs (``charlm.scorer``: the weights
+prepared once, a chunk's pre-activations, outputs and logits). A step's
 temporaries are the first layer's table (V, G·H), the logits (T·B, V) and the
 gradients flowing down (``CharModel.loss_and_grads``). The checkpoints' peak is
 the end of a run: the best checkpoint read back (F), the weights copied twice,
@@ -36,8 +37,9 @@ from charlm.cells.lstm import steps_per_span
 from charlm.config import ModelConfig, TrainConfig
 from charlm.corpus import MEMMAP_MIN_CHARS
 from charlm.errors import NotEnoughMemory
-from charlm.evaluate import EVAL_BATCH, EVAL_STEPS
+from charlm.evaluate import EVAL_BATCH, EVAL_STEPS, EVAL_WARMUP
 from charlm.model import CharModel
+from charlm.scorer import chunk_floats, prepared_floats
 from charlm.sysmem import available_bytes
 
 FLOAT = 4  # bytes of a float32, every model array's dtype
@@ -131,18 +133,17 @@ def step_temporaries(c: ModelConfig, T: int, B: int, mask_rows: int) -> int:
 
 
 def scoring_workspace(c: ModelConfig) -> int:
-    """Bytes of the workspaces a scoring pass leaves: a pass's (EVAL_STEPS, EVAL_BATCH)
-    and a last row's (EVAL_STEPS, 1), at the end of a text (two shapes at most)."""
-    return model_workspace(c, EVAL_STEPS, EVAL_BATCH, backward=False) + model_workspace(
-        c, EVAL_STEPS, 1, backward=False
-    )
+    """Bytes a scoring pass keeps (``charlm.scorer.Scorer``): the prepared weights, the
+    arrays of a pass's (EVAL_STEPS, EVAL_BATCH) chunk and a last row's (EVAL_STEPS, 1)."""
+    return FLOAT * (prepared_floats(c) + chunk_floats(c, EVAL_STEPS, EVAL_BATCH) + chunk_floats(c, EVAL_STEPS, 1))
 
 
 def scoring_temporaries(c: ModelConfig) -> int:
     """Bytes a validation or scoring pass of EVAL_STEPS × EVAL_BATCH allocates beyond
-    the workspace: the table, or the logits and their float64 sums."""
-    V, GH, N = c.vocab_size, CELLS[c.cell].gates * c.hidden, EVAL_STEPS * EVAL_BATCH
-    return FLOAT * max(2 * V * GH, N * V) + 8 * N * INT
+    the workspace: the unscaled table while preparing, or a time loop's (B, ·) scratch
+    and a chunk's ids, targets and float64 sums; and the rows' warm-up ids (twice)."""
+    V, GH, H, N = c.vocab_size, CELLS[c.cell].gates * c.hidden, c.hidden, EVAL_STEPS * EVAL_BATCH
+    return FLOAT * max(V * GH, EVAL_BATCH * (GH + 3 * H)) + 8 * N * INT + 2 * EVAL_WARMUP * EVAL_BATCH * INT
 
 
 # --------------------------------------------------------------------------- #
@@ -174,7 +175,7 @@ def training(model: ModelConfig, train: TrainConfig, vocab_size: int, corpus_cha
         "gradients": FLOAT * P,
         "optimizer": 4 * FLOAT * P,
         "workspace": model_workspace(c, T, b, backward=True)
-        + model_workspace(c, EVAL_STEPS, EVAL_BATCH, backward=False)
+        + scoring_workspace(c)  # the end of a run scores the best weights read back
         + max(step, scoring_temporaries(c)),
         "checkpoints": max(0, ends - step),
         "workers": workers * worker + shared,

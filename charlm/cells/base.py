@@ -253,6 +253,31 @@ class Recurrent(ABC):
         grad_z = self.grad_pre()
         self.grad_w_ih += grad_z.reshape(-1, grad_z.shape[-1]).T @ inputs2d
 
+    # -- forward only (scoring) ---------------------------------------------
+
+    def prepare(self) -> dict[str, np.ndarray]:
+        """The weights of forward-only passes (``infer``), scaled once as ``forward``
+        scales them for every chunk: "w_ih" s ∗ W_ih (G·H, D), "b" s ∗ (b_ih + b_hh)
+        (G·H,) and the loop's own (``_loop_weights``). A snapshot: prepare again
+        after the weights change."""
+        scale = self._gate_scale()
+        w_ih = self.w_ih * scale[:, None]  # (G·H, D)
+        b = (self.b_ih + self.b_hh) * scale  # (G·H,)
+        return {"w_ih": w_ih, "b": b, **self._loop_weights(scale)}
+
+    def infer(
+        self, pre: np.ndarray, state: tuple[np.ndarray, ...], weights: dict[str, np.ndarray], out: np.ndarray
+    ) -> tuple[np.ndarray, ...]:
+        """Run the layer forward only, keeping nothing for a backward pass.
+
+        pre: (T, B, G·H) s ∗ (W_ih x<t> + b) from ``weights = prepare()``, overwritten;
+        state: the initial (B, H) arrays, left as they are; out: (T, B, H) receives
+        a<1..T>. Returns the final state (new arrays). The same operations as
+        ``forward``'s time loop, minus what only backward reads.
+        """
+        check_state_shape(state[0], pre.shape[1], self.hidden_size)
+        return self._infer_loop(pre, state, weights, out)
+
     @abstractmethod
     def forward_one(self, pre: np.ndarray, state: tuple[np.ndarray, ...]) -> np.ndarray:
         """One time step at batch 1, for sampling. pre: (G·H,) input projection
@@ -278,6 +303,14 @@ class Recurrent(ABC):
     def _forward_loop(self, ws, state) -> tuple[np.ndarray, tuple]:
         """The time loop over ws["gates"], which holds s ∗ (W_ih x<t> + b) (see
         ``_gate_scale``): fill it with gate values and ws["a_seq"] with a<0..T>."""
+
+    @abstractmethod
+    def _loop_weights(self, scale: np.ndarray) -> dict[str, np.ndarray]:
+        """The time loop's recurrent weights scaled by s, contiguous (see ``prepare``)."""
+
+    @abstractmethod
+    def _infer_loop(self, pre, state, weights, out) -> tuple[np.ndarray, ...]:
+        """The forward time loop of ``infer``: pre → gate values, a<1..T> into out."""
 
     @abstractmethod
     def _backward_loop(self, ws, grad_out, grad_state) -> tuple:

@@ -166,6 +166,46 @@ class GRU(Recurrent):
                 np.add(c_seq[t], tmp, out=c_seq[t + 1])  # c<t> = c<t-1> + Γu ∗ (c̃<t> − c<t-1>)
         return c_seq[1:], (c_seq[T].copy(),)
 
+    def _loop_weights(self, scale):
+        H = self.hidden_size
+        return {
+            "w_ru_t": np.ascontiguousarray(self.w_hh[: 2 * H].T * scale[: 2 * H]),  # −W_hh[r, u]ᵀ (H, 2H)
+            "w_c_t": np.ascontiguousarray(self.w_hh[2 * H :].T * scale[2 * H :]),  # −2 W_hh[c̃]ᵀ (H, H)
+        }
+
+    def _infer_loop(self, pre, state, weights, out):
+        T, B, _ = pre.shape
+        H, dt = self.hidden_size, pre.dtype
+        w_ru, w_c = weights["w_ru_t"], weights["w_c_t"]
+        z_ru, z_c, tmp, rc_prev = (
+            np.empty((B, 2 * H), dt),
+            np.empty((B, H), dt),
+            np.empty((B, H), dt),
+            np.empty((B, H), dt),
+        )
+        one, two = dt.type(1.0), dt.type(2.0)
+        c_prev = state[0]
+        with np.errstate(over="ignore", under="ignore"):
+            for t in range(T):  # as _forward_loop, without Γr ∗ c<t-1> kept for backward
+                g = pre[t]  # (B, 3H) scaled pre-activations → Γr, Γu, c̃
+                ru, c_tilde = g[:, : 2 * H], g[:, 2 * H :]
+                np.matmul(c_prev, w_ru, out=z_ru)
+                np.add(z_ru, ru, out=z_ru)
+                np.exp(z_ru, out=z_ru)
+                np.add(z_ru, one, out=z_ru)
+                np.reciprocal(z_ru, out=ru)  # Γr, Γu
+                np.multiply(g[:, :H], c_prev, out=rc_prev)  # Γr ∗ c<t-1>
+                np.matmul(rc_prev, w_c, out=z_c)
+                np.add(z_c, c_tilde, out=z_c)
+                np.exp(z_c, out=z_c)
+                np.add(z_c, one, out=z_c)
+                np.divide(two, z_c, out=z_c)
+                np.subtract(z_c, one, out=c_tilde)  # c̃<t>
+                np.subtract(c_tilde, c_prev, out=tmp)
+                np.multiply(tmp, g[:, H : 2 * H], out=tmp)
+                c_prev = np.add(c_prev, tmp, out=out[t])  # c<t> = c<t-1> + Γu ∗ (c̃<t> − c<t-1>)
+        return (out[T - 1].copy(),)
+
     def forward_one(self, pre, state):
         (a,) = state
         H = self.hidden_size

@@ -187,6 +187,33 @@ class LSTM(Recurrent):
                 np.multiply(g[:, 3 * H :], tanh_c[t], out=a_seq[t + 1])  # a<t> = Γo ∗ tanh c<t>
         return a_seq[1:], (a_seq[T].copy(), c_seq[T].copy())
 
+    def _loop_weights(self, scale):
+        return {"w_hh_t": np.ascontiguousarray(self.w_hh.T * scale), "numerator": -scale}  # (H, 4H), (4H,)
+
+    def _infer_loop(self, pre, state, weights, out):
+        a_prev, c = state[0], state[1].copy()  # c<t> is updated in place
+        T, B, _ = pre.shape
+        H = self.hidden_size
+        w_hh_t, numerator = weights["w_hh_t"], weights["numerator"]
+        z_rec, tmp = np.empty((B, 4 * H), pre.dtype), np.empty((B, H), pre.dtype)
+        one = pre.dtype.type(1.0)
+        with np.errstate(over="ignore", under="ignore"):
+            for t in range(T):  # as _forward_loop, without c<t> and tanh c<t> kept for backward
+                g = pre[t]  # (B, 4H) scaled pre-activations → gate values
+                np.matmul(a_prev, w_hh_t, out=z_rec)
+                np.add(g, z_rec, out=g)  # s ∗ z<t>
+                np.exp(g, out=g)
+                np.add(g, one, out=g)
+                np.divide(numerator, g, out=g)  # σ(z) for i, f, o; 2σ(2z) for g
+                c_tilde = g[:, 2 * H : 3 * H]
+                np.subtract(c_tilde, one, out=c_tilde)  # c̃ = tanh(z_g)
+                np.multiply(g[:, H : 2 * H], c, out=c)  # Γf ∗ c<t-1>
+                np.multiply(g[:, :H], c_tilde, out=tmp)  # Γu ∗ c̃
+                np.add(c, tmp, out=c)  # c<t>
+                np.tanh(c, out=tmp)
+                a_prev = np.multiply(g[:, 3 * H :], tmp, out=out[t])  # a<t> = Γo ∗ tanh c<t>
+        return out[T - 1].copy(), c
+
     def forward_one(self, pre, state):
         a, c = state
         H = self.hidden_size

@@ -102,6 +102,24 @@ class RNN(Recurrent):
                 np.subtract(z, one, out=a_seq[t + 1])  # a<t> = tanh z<t>
         return a_seq[1:], (a_seq[T].copy(),)
 
+    def _loop_weights(self, scale):
+        return {"w_hh_t": np.ascontiguousarray(self.w_hh.T * scale)}  # −2 W_hhᵀ (H, H)
+
+    def _infer_loop(self, pre, state, weights, out):
+        w_t, a_prev = weights["w_hh_t"], state[0]
+        z_rec = np.empty_like(a_prev)  # (B, H)
+        one, two = pre.dtype.type(1.0), pre.dtype.type(2.0)
+        with np.errstate(over="ignore", under="ignore"):
+            for t in range(pre.shape[0]):  # as _forward_loop; z<t> is computed in pre[t]
+                z = pre[t]  # −2 (W_ih x<t> + b), (B, H)
+                np.matmul(a_prev, w_t, out=z_rec)
+                np.add(z, z_rec, out=z)
+                np.exp(z, out=z)
+                np.add(z, one, out=z)
+                np.divide(two, z, out=z)
+                a_prev = np.subtract(z, one, out=out[t])  # a<t> = tanh z<t>
+        return (out[-1].copy(),)
+
     def forward_one(self, pre, state):
         (a,) = state
         if not hasattr(self, "_one_buf"):
