@@ -43,7 +43,9 @@ class ModelConfig:
     embed: int = 64  # E: embedding width
     hidden: int = 256  # H: hidden units per recurrent layer
     layers: int = 2  # N: stacked recurrent layers
-    dropout: float = 0.2  # inverted-dropout probability between layers and before the decoder (a 10-minute run overfits without it)
+    dropout: float = (
+        0.2  # inverted-dropout probability between layers and before the decoder (a 10-minute run overfits without it)
+    )
     forget_bias: float = 0.0  # initial LSTM forget-gate bias b_f (init only; ignored by GRU/RNN)
 
     def check(self) -> None:
