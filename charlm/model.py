@@ -169,15 +169,21 @@ class CharModel:
             masks.append(m.astype(self.dtype) * self.dtype.type(1.0 / (1.0 - p)))
         return masks
 
+    def input_table(self) -> np.ndarray:
+        """The first layer's input projection of every character, (V, G·H): row v is
+        W_ih[1] Emb[v] + b_ih + b_hh, so a chunk's projection is a row gather."""
+        first = self.rnn[0]
+        table = self.params["embedding.weight"] @ first.w_ih.T  # (V, G·H)
+        table += first.b_ih
+        table += first.b_hh
+        return table
+
     def _forward(
         self, ids: np.ndarray, state: State, masks: list[np.ndarray] | None
     ) -> tuple[np.ndarray, State, list[np.ndarray]]:
         """Run the stack. Returns (top output (T, B, H), final state, inputs of layers ≥ 1)."""
         first = self.rnn[0]
-        table = self.params["embedding.weight"] @ first.w_ih.T  # (V, G·H)
-        table += first.b_ih
-        table += first.b_hh
-        out, s = first.forward_from_table(ids, table, state[0])
+        out, s = first.forward_from_table(ids, self.input_table(), state[0])
         new_state = [s]
         inputs = []  # the input of each layer ≥ 1, (T, B, H)
         for layer in range(1, len(self.rnn)):

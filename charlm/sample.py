@@ -168,8 +168,7 @@ class Sampler:
         self.vocab = vocab
         self.rng = np.random.default_rng(config.seed)
         p = model.params
-        first = model.rnn[0]
-        self.table = p["embedding.weight"] @ first.w_ih.T + first.b_ih + first.b_hh  # (V, G·H)
+        self.table = model.input_table()  # (V, G·H)
         self.bias = [cell.b_ih + cell.b_hh for cell in model.rnn]  # (G·H,) per layer
         self.dec_w = np.ascontiguousarray(p["decoder.weight"])  # (V, H)
         self.dec_b = p["decoder.bias"].copy()  # (V,)

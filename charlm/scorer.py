@@ -45,11 +45,8 @@ class Scorer:
     def __init__(self, model: CharModel) -> None:
         self.model = model
         self.prepared = [layer.prepare() for layer in model.rnn]
-        first, p = model.rnn[0], model.params
-        table = p["embedding.weight"] @ first.w_ih.T  # (V, G·H), summed as CharModel._forward does
-        table += first.b_ih
-        table += first.b_hh
-        self.table = table * first._gate_scale()  # s ∗ (Emb W_ihᵀ + b)
+        p = model.params
+        self.table = model.input_table() * model.rnn[0]._gate_scale()  # s ∗ (Emb W_ihᵀ + b) (V, G·H)
         self.w_dec, self.b_dec = p["decoder.weight"], p["decoder.bias"]  # (V, H), (V,)
         self._workspace = Workspace(limit=1)  # a shorter last chunk replaces the arrays
 
