@@ -37,7 +37,6 @@ import numpy as np
 
 from charlm import checkpoint_schema, memory
 from charlm.atomic import atomic_write
-from charlm.cells import CELLS
 from charlm.checkpoint_schema import Metadata
 from charlm.config import TrainConfig, TrainState
 from charlm.corpus import CorpusFingerprint
@@ -104,9 +103,9 @@ def save(
     for name, arr in (extra or {}).items():
         tensors[name] = np.ascontiguousarray(arr)
     if warmed is not None:
-        for layer, (cell, parts) in enumerate(zip(model.rnn, warmed.state, strict=True)):
-            for name, arr in zip(cell.state_names, parts, strict=True):
-                tensors[f"warm.{name}_l{layer}"] = np.ascontiguousarray(arr)
+        for names, parts in zip(checkpoint_schema.warm_tensor_names(model.config), warmed.state, strict=True):
+            for name, arr in zip(names, parts, strict=True):
+                tensors[name] = np.ascontiguousarray(arr)
     metadata = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
@@ -296,8 +295,7 @@ def load(path: Path, with_extra: bool = True, memory_for: str | None = "use") ->
     extra = {n: t for n, t in tensors.items() if n not in shapes and n not in warm} if with_extra else {}
     warmed = None
     if md.warm_up is not None:
-        names = CELLS[md.config.cell].state_names
-        state = [tuple(warm[f"warm.{n}_l{k}"] for n in names) for k in range(md.config.layers)]
+        state = [tuple(warm[n] for n in names) for names in checkpoint_schema.warm_tensor_names(md.config)]
         warmed = Warmed(md.warm_up["first"], state, md.warm_up["chars"], md.warm_up["seed"])
     return Checkpoint(md.config, md.vocab, params, md.state, md.corpus, extra, path, warmed)
 

@@ -149,6 +149,11 @@ STATE_TENSOR = re.compile(r"state\.([a-z]+)_l(0|[1-9][0-9]{0,2})")  # carried st
 WARM_TENSOR = re.compile(r"warm\.([a-z]+)_l(0|[1-9][0-9]{0,2})")  # warmed-up sampler state, (H,) per name and layer
 
 
+def warm_tensor_names(config: ModelConfig) -> list[tuple[str, ...]]:
+    """The tensors of a stored warmed-up state, per layer one name per state part (LSTM: a, c)."""
+    return [tuple(f"warm.{n}_l{k}" for n in CELLS[config.cell].state_names) for k in range(config.layers)]
+
+
 @dataclass(frozen=True)
 class Metadata:
     """A checkpoint's metadata, read once into typed objects."""
@@ -322,7 +327,7 @@ def tensors(header: dict, config: ModelConfig, state: TrainState | None, warm: b
     shapes = CharModel.param_shapes(config)
     names = CELLS[config.cell].state_names
     if warm:
-        shapes = shapes | {f"warm.{n}_l{k}": (config.hidden,) for k in range(config.layers) for n in names}
+        shapes = shapes | {n: (config.hidden,) for layer in warm_tensor_names(config) for n in layer}
     model = f"a {config.layers}×{config.hidden} {config.cell.upper()} (embedding {config.embed}, {config.vocab_size} characters)"
     batch = state.config.batch_size if state is not None and state.config is not None else None
     for name, entry in header.items():
