@@ -91,7 +91,6 @@ def stream(cmd: list[str], label: str) -> str:
 def run_charlm(charlm: Path, corpus: str, minutes: float, seed: int, tmp: Path, tail: Path, n_tail: int) -> dict:
     """Train with charlm's defaults, score best.safetensors on the tail file, check it against the run's figure."""
     from quality import run_charlm as train_and_read
-    from recipe_peer import KNOWN_MODEL, KNOWN_TRAIN, charlm_recipe
 
     from charlm.checkpoint import load
 
@@ -118,14 +117,7 @@ def run_charlm(charlm: Path, corpus: str, minutes: float, seed: int, tmp: Path, 
         raise BenchError(f"charlm perplexity scored {scored['chars']:,} characters of the tail, not {n_tail - 1:,}")
     ckpt = load(best, with_extra=False)
     used = {"model": asdict(ckpt.config), "train": ckpt.train_config.to_dict()}
-    defaults = charlm_recipe()
-    skip = {"vocab_size", "minutes", "seed"}  # set by the run itself
-    differs = [
-        f"{part}.{k}: ran {used[part][k]!r}, dataclass {defaults[part][k]!r}"
-        for part, known in (("model", KNOWN_MODEL), ("train", KNOWN_TRAIN))
-        for k in sorted(known - skip)
-        if k in used[part] and used[part][k] != defaults[part][k]
-    ]
+    differs = recipe_differences(used)
     return {
         "system": "charlm",
         "tail_nats": scored["nats_per_char"],
@@ -154,21 +146,26 @@ def run_peer(script: str, corpus: str, minutes: float, seed: int, label: str) ->
     return res
 
 
-def same_recipe(run: dict) -> bool:
-    """Whether a stored charlm or LSTM-peer run used charlm's defaults as they are now (nanoGPT's recipe is fixed)."""
+def recipe_differences(used: dict) -> list[str]:
+    """The settings of a run's {"model": …, "train": …} that differ from charlm's defaults now."""
     from recipe_peer import KNOWN_MODEL, KNOWN_TRAIN, charlm_recipe
 
-    res = run["result"]
-    used = res.get("used") or res.get("recipe")
+    defaults = charlm_recipe()
+    skip = {"vocab_size", "minutes", "seed"}  # set by the run itself
+    return [
+        f"{part}.{k}: ran {used[part][k]!r}, dataclass {defaults[part][k]!r}"
+        for part, known in (("model", KNOWN_MODEL), ("train", KNOWN_TRAIN))
+        for k in sorted(known - skip)
+        if k in used[part] and used[part][k] != defaults[part][k]
+    ]
+
+
+def same_recipe(run: dict) -> bool:
+    """Whether a stored charlm or LSTM-peer run used charlm's defaults as they are now (nanoGPT's recipe is fixed)."""
     if run["system"] == "nanogpt":
         return True
-    defaults, skip = charlm_recipe(), {"vocab_size", "minutes", "seed"}
-    return used is not None and all(
-        used[part].get(k) == defaults[part][k]
-        for part, known in (("model", KNOWN_MODEL), ("train", KNOWN_TRAIN))
-        for k in known - skip
-        if k in used[part]
-    )
+    used = run["result"].get("used") or run["result"].get("recipe")
+    return used is not None and not recipe_differences(used)
 
 
 def kept_runs(path: Path, redo: set[tuple[float, int, str]]) -> tuple[list[dict], list[str]]:
