@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -165,6 +166,20 @@ def parse_with_outputs(p: argparse.ArgumentParser, argv: list[str] | None, json_
 def command_block(command: str) -> list[str]:
     """A report's lines showing the command that produced it, as a bash block."""
     return ["Command:", "", "```bash", command, "```", ""]
+
+
+def user_command(script: str, argv: list[str] | None = None) -> str:
+    """The command line that ran ``script`` as a user types it: ``python benchmarks/x.py …``,
+    with every absolute path among the arguments shown as ``<folder>`` or ``<file>``, so a
+    committed record names no one's machine (the interpreter of ``--python`` included)."""
+    args = sys.argv[1:] if argv is None else argv
+    shown = []
+    for arg in args:
+        option, eq, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+        if os.path.isabs(value):
+            value = "<folder>" if Path(value).is_dir() or not Path(value).suffix else "<file>"
+        shown.append(f"{option}{eq}{value}")
+    return shlex.join(["python", script, *shown])
 
 
 def require_torch_and_charlm() -> None:

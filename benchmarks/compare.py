@@ -54,6 +54,7 @@ from benchlib import (
     run_as_user,
     split_sections,
     thread_env,
+    user_command,
     user_env,
     write_atomic,
 )
@@ -400,7 +401,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     run_as_user()
     # the command as a user types it from the checkout: no interpreter path, no working directory
-    command = shlex.join(["python", "benchmarks/compare.py", *(sys.argv[1:] if argv is None else argv)])
+    command = user_command("benchmarks/compare.py", argv)
     series = plan(args.configs, args.cells, args.sample)
     started = datetime.now(UTC)
     t0 = time.perf_counter()

@@ -43,14 +43,13 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import math
-import shlex
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from benchlib import HERE, Parser, bounded, cpu_model, fail, run_as_user, write_atomic
+from benchlib import HERE, Parser, bounded, cpu_model, fail, run_as_user, user_command, write_atomic
 
 from charlm.cells import GRU, LSTM, RNN, Recurrent
 from charlm.optim import Adam, clip_grad_norm_, learning_rate
@@ -328,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
         args.ks = parse_ks(args.ks)
     except ValueError as e:
         fail(f"{e}. Example: --ks 5,20,50,100", 2)
-    command = shlex.join(["python", "benchmarks/long_range.py", *(sys.argv[1:] if argv is None else argv)])
+    command = user_command("benchmarks/long_range.py", argv)
     t0 = time.perf_counter()
     results = run(args)
     text = report(args, results, time.perf_counter() - t0, command)

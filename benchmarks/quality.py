@@ -49,6 +49,7 @@ from benchlib import (
     pins_line,
     replace_section,
     run_as_user,
+    user_command,
     user_env,
     write_atomic,
 )
@@ -300,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     run_as_user()
     # the command as a user types it from the checkout: no interpreter path, no working directory
-    command = shlex.join(["python", "benchmarks/quality.py", *(sys.argv[1:] if argv is None else argv)])
+    command = user_command("benchmarks/quality.py", argv)
     started = datetime.now(UTC)
     try:
         from charlm.errors import CharlmError

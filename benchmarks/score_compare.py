@@ -51,6 +51,7 @@ from benchlib import (
     replace_section,
     run_as_user,
     thread_env,
+    user_command,
     user_env,
     write_atomic,
 )
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.charlm_worker:
         print(json.dumps(charlm_worker(*args.charlm_worker)))
         return
-    command = shlex.join(["python", "benchmarks/score_compare.py", *(sys.argv[1:] if argv is None else argv)])
+    command = user_command("benchmarks/score_compare.py", argv)
     started = datetime.now(UTC)
     results, sums = {}, []
     try:

@@ -57,6 +57,7 @@ from benchlib import (
     replace_section,
     run_as_user,
     thread_env,
+    user_command,
     user_env,
     write_atomic,
 )
@@ -395,7 +396,7 @@ def parse_args(argv: list[str] | None = None):
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     run_as_user()
-    command = shlex.join(["python", "benchmarks/time_to_quality.py", *(sys.argv[1:] if argv is None else argv)])
+    command = user_command("benchmarks/time_to_quality.py", argv)
     started = datetime.now(UTC)
     runs: list[dict] = []
     try:

@@ -222,3 +222,13 @@ def test_startup_benchmark_writes_its_section_with_medians_and_goals(tmp_path, m
     assert "| `charlm sample -m shakespeare --length 200` | 0.500 s |" in section and "**no**" in section
     data = json.loads((tmp_path / "startup.json").read_text())
     assert data["times"]["help"]["wall"] == [0.12] * 3
+
+
+def test_user_command_shows_no_absolute_paths(tmp_path):
+    from benchlib import user_command
+
+    line = user_command(
+        "benchmarks/x.py", ["--runs", str(tmp_path), f"--json={tmp_path / 'a.json'}", "--minutes", "30", "rel/x.txt"]
+    )
+    assert line == "python benchmarks/x.py --runs '<folder>' '--json=<file>' --minutes 30 rel/x.txt"
+    assert str(tmp_path) not in line
