@@ -30,10 +30,10 @@ import numpy as np
 
 from charlm.config import check_unknown_policy
 from charlm.data import RELEASE_EVERY, release_pages
-from charlm.errors import CharlmError, ConfigError
+from charlm.errors import CharlmError
 from charlm.model import CharModel, State
 from charlm.scorer import Scorer
-from charlm.vocab import Vocab, code_points, describe_char, describe_counts
+from charlm.vocab import Vocab, describe_char, describe_counts
 
 EVAL_BATCH = 64  # rows scored in parallel
 EVAL_MIN_ROW = 128  # each row holds at least this many targets, so a short text is scored in fewer rows
@@ -78,6 +78,7 @@ def surprisal_chunks(
     warmup: int = EVAL_WARMUP,
     steps: int = EVAL_STEPS,
     row_limit: int | None = None,
+    rows: slice = slice(None),
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (target positions, −log p in nats) for every target ids[1:], chunk by chunk.
 
@@ -87,16 +88,19 @@ def surprisal_chunks(
     workspaces: the state is carried from chunk to chunk. With ``row_limit``,
     only the first ``row_limit`` targets of each row are scored (an evenly
     spread sample of the text, see ``score_sample``), and no leftover tail.
+    With ``rows``, only those of the B rows are scored (the leftover tail goes
+    with the last row), each as in the whole: a block of rows for one process.
     """
     n_targets = len(ids) - 1
     if n_targets <= 0:
         return
     B, L = row_layout(n_targets, batch_size, min_row)
-    rows_x = ids[: B * L].reshape(B, L)
-    rows_y = ids[1 : B * L + 1].reshape(B, L)
+    block = range(B)[rows]  # the rows scored here
+    rows_x = ids[: B * L].reshape(B, L)[rows]  # (B', L)
+    rows_y = ids[1 : B * L + 1].reshape(B, L)[rows]
     scorer = Scorer(model)
-    state = _row_states(scorer, ids, B, L, warmup, steps)
-    starts = np.arange(B)[None, :] * L  # (1, B)
+    state = _row_states(scorer, ids, block, L, warmup, steps)
+    starts = np.asarray(block)[None, :] * L  # (1, B')
     end = L if row_limit is None else min(L, row_limit)
     for k, s in enumerate(range(0, end, steps)):
         e = min(end, s + steps)
@@ -107,8 +111,8 @@ def surprisal_chunks(
         if k % RELEASE_EVERY == RELEASE_EVERY - 1:
             release_pages(ids)  # a memmapped text (a long file): read pages need not stay resident
     rest = n_targets - B * L
-    if rest and end == L:
-        state = [tuple(part[B - 1 : B].copy() for part in layer) for layer in state]  # the last row goes on
+    if rest and end == L and len(block) and block[-1] == B - 1:
+        state = [tuple(part[-1:].copy() for part in layer) for layer in state]  # the last row goes on
         for s in range(B * L, B * L + rest, steps):
             e = min(B * L + rest, s + steps)
             x = ids[s:e].astype(np.int64).reshape(-1, 1)
@@ -117,21 +121,22 @@ def surprisal_chunks(
             yield np.arange(s, e)[:, None], nats
 
 
-def _row_states(scorer: Scorer, ids: np.ndarray, B: int, L: int, warmup: int, steps: int) -> State:
-    """The state each of B rows of length L starts from: row 0 starts the text (zero
-    state); row b ≥ 1 has read the ``warmup`` characters before its start, unscored.
+def _row_states(scorer: Scorer, ids: np.ndarray, rows: range, L: int, warmup: int, steps: int) -> State:
+    """The state each of the rows (of length L) starts from: row 0 starts the text
+    (zero state); row b ≥ 1 has read the ``warmup`` characters before its start, unscored.
 
-    All B rows are run (row 0 reads row 1's characters), so the warm-up uses the
+    All the rows are run (row 0 reads row 1's characters), so the warm-up uses the
     scoring's workspace shape; row 0's state is then reset to zero."""
-    state = scorer.model.zero_state(B)
+    state = scorer.model.zero_state(len(rows))
     W = min(warmup, L)  # row b ≥ 1 starts at bL ≥ L, so W characters precede it
-    if B > 1 and W > 0:
-        before = np.stack([ids[max(b, 1) * L - W : max(b, 1) * L] for b in range(B)], axis=1).astype(np.int64)
-        for s in range(0, W, steps):  # (W, B) in chunks; only the final state is kept
+    if len(rows) and rows[-1] > 0 and W > 0:
+        before = np.stack([ids[max(b, 1) * L - W : max(b, 1) * L] for b in rows], axis=1).astype(np.int64)
+        for s in range(0, W, steps):  # (W, B') in chunks; only the final state is kept
             state = scorer.advance(before[s : s + steps], state)
-        for layer in state:
-            for part in layer:
-                part[0] = 0.0
+        if rows[0] == 0:
+            for layer in state:
+                for part in layer:
+                    part[0] = 0.0
     return state
 
 
@@ -176,11 +181,22 @@ def pass_step_seconds(model: CharModel, batch_size: int = EVAL_BATCH, steps: int
     return (time.perf_counter() - t0) / steps
 
 
-def score_ids(model: CharModel, ids: np.ndarray, unknown: int = 0, **kw) -> Score:
-    total, count = 0.0, 0
-    for _, nats in surprisal_chunks(model, ids, **kw):
-        total += float(nats.sum())
-        count += nats.size
+def score_ids(model: CharModel, ids: np.ndarray, unknown: int = 0, parallel: bool = False, **kw) -> Score:
+    """The Score of every target of ``ids``; with ``parallel``, a long text's rows are
+    split over processes, one block per core (``charlm.rowsplit``)."""
+    from charlm import rowsplit
+
+    def block(rows: slice) -> tuple[float, int]:
+        total, count = 0.0, 0
+        for _, nats in surprisal_chunks(model, ids, rows=rows, **kw):
+            total += float(nats.sum())
+            count += nats.size
+        return total, count
+
+    n_targets = len(ids) - 1
+    B = row_layout(n_targets, kw.get("batch_size", EVAL_BATCH), kw.get("min_row", EVAL_MIN_ROW))[0]
+    processes = rowsplit.processes_for(n_targets, B) if parallel else 1
+    total, count = block(slice(None)) if processes == 1 else rowsplit.score_blocks(block, rowsplit.blocks(B, processes))
     return Score(total, count, unknown)
 
 
@@ -321,80 +337,3 @@ def _group_nats(scorer: Scorer, group: list[np.ndarray], steps: int) -> np.ndarr
         chunk, state = scorer.nll(x[s:e], y[s:e], state)  # (T', B)
         total += (chunk * keep[s:e]).sum(axis=0)
     return total
-
-
-# --------------------------------------------------------------------------- #
-# Surprisal of every character of a text, and where it is highest
-# --------------------------------------------------------------------------- #
-
-
-def text_surprisal(model: CharModel, vocab: Vocab, text: str) -> tuple[np.ndarray, Score]:
-    """−log p of every character of ``text`` given the text before it, in nats.
-
-    Returns a (len(text),) float64 array aligned with the text, NaN where a
-    character is not scored (the first known character, and characters the
-    model has never seen, which are neither scored nor fed), and the Score of
-    the whole text: the same figures as ``score_ids`` on the known characters.
-    """
-    cps = code_points(text)  # (N,)
-    known = np.flatnonzero(np.isin(cps, code_points(vocab.chars)))  # positions of known characters
-    enc = vocab.encode(text, unknown="skip")
-    nats = surprisal(model, enc.ids)  # (K−1,) for known characters 2..K
-    out = np.full(len(cps), np.nan)
-    out[known[1:]] = nats
-    return out, Score(float(nats.sum()), int(nats.size), enc.unknown_count)
-
-
-@dataclass(frozen=True)
-class SpanConfig:
-    """Which surprising spans of a text to list (see ``surprising_spans``)."""
-
-    spans: int = 5  # how many spans to list, most surprising first (0: none)
-    span_width: int = 12  # characters per span
-
-    def check(self) -> SpanConfig:
-        """Raise ConfigError naming the first setting that cannot work; return self."""
-        if self.spans < 0:
-            raise ConfigError("spans", f"must be 0 or more (got {self.spans}).")
-        if self.span_width < 1:
-            raise ConfigError("span_width", f"must be at least 1 (got {self.span_width}).")
-        return self
-
-
-@dataclass(frozen=True)
-class Span:
-    start: int  # first character, 0-based offset into the text
-    end: int  # one past the last character
-    bits_per_char: float  # mean surprisal of the scored characters in [start, end), bits
-    scored: int  # how many characters of the span are scored
-
-
-def surprising_spans(nats: np.ndarray, width: int = 12, count: int = 5) -> list[Span]:
-    """The ``count`` non-overlapping windows of ``width`` characters with the highest
-    mean surprisal (over their scored characters), most surprising first.
-
-    nats: (N,) per-character surprisal in nats, NaN where not scored (as from
-    ``text_surprisal``). Window means come from one cumulative sum; windows are
-    taken greedily in order of decreasing mean, skipping any that overlaps one
-    already taken.
-    """
-    N = len(nats)
-    if N == 0 or count < 1:
-        return []
-    width = max(1, min(width, N))
-    scored = ~np.isnan(nats)
-    csum = np.concatenate(([0.0], np.cumsum(np.where(scored, nats, 0.0))))  # (N+1,)
-    ccount = np.concatenate(([0], np.cumsum(scored)))  # (N+1,)
-    totals = csum[width:] - csum[:-width]  # (N−width+1,) window sums, starts 0..N−width
-    counts = ccount[width:] - ccount[:-width]
-    means = np.where(counts > 0, totals / np.maximum(counts, 1), -np.inf)
-    taken = np.zeros(N, np.bool_)
-    spans: list[Span] = []
-    for s in np.argsort(-means, kind="stable"):
-        if means[s] == -np.inf or len(spans) == count:
-            break
-        if taken[s : s + width].any():
-            continue
-        taken[s : s + width] = True
-        spans.append(Span(int(s), int(s) + width, float(means[s]) / math.log(2), int(counts[s])))
-    return spans

@@ -32,6 +32,7 @@ import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from charlm import rowsplit
 from charlm.cells import CELLS
 from charlm.cells.lstm import steps_per_span
 from charlm.config import ModelConfig, TrainConfig
@@ -202,8 +203,9 @@ def loading(
     init = 8 * largest  # initialising the new model's weights draws float64s, a tensor at a time
     if export:
         use = 2 * (param_bytes + HEADER)  # the copy's file, serialized twice
-    else:
-        use = scoring_workspace(c) + scoring_temporaries(c)
+    else:  # a long text's rows may be scored in forks too, each preparing its own weights
+        forks = rowsplit.processes_for(2**62, EVAL_BATCH) - 1
+        use = scoring_workspace(c) + scoring_temporaries(c) + forks * FLOAT * prepared_floats(c)
     workspace = max(init, use)
     parts = {
         "parameters": FLOAT * P,

@@ -60,7 +60,8 @@ def perplexity(
     from charlm.corpora import resolve
     from charlm.corpus import text_form
     from charlm.data import encode_stream
-    from charlm.evaluate import SpanConfig, score_ids
+    from charlm.evaluate import score_ids
+    from charlm.spans import SpanConfig
     from charlm.text import iter_text
 
     listed = SpanConfig(spans=spans, span_width=span_width).check()
@@ -84,7 +85,7 @@ def perplexity(
     if show:
         result = _show_surprisal(ckpt, text, listed)
     else:
-        result = score_ids(ckpt.build_model(), enc.ids, unknown=enc.unknown_count)
+        result = score_ids(ckpt.build_model(), enc.ids, unknown=enc.unknown_count, parallel=True)
     if as_json:
         from charlm.cli.output import print_json
         from charlm.report import perplexity_json
@@ -108,8 +109,8 @@ def _say_skipped(unknown) -> None:
 
 def _show_surprisal(ckpt, text: str, listed):
     """Print the text coloured by surprisal, the legend and the most surprising spans; return the Score."""
-    from charlm.evaluate import surprising_spans, text_surprisal
     from charlm.report import heatmap, legend, span_lines
+    from charlm.spans import surprising_spans, text_surprisal
 
     nats, result = text_surprisal(ckpt.build_model(), ckpt.vocab, text)
     if out.is_terminal:  # coloured (under NO_COLOR only bold and reverse video mark the top bins)
