@@ -26,7 +26,8 @@ from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
 
-from charlm.evaluate import SentenceScore, Span
+from charlm.evaluate import SentenceScore
+from charlm.spans import Span
 
 # Surprisal bins in bits per character: [0, 1), [1, 2), [2, 4), [4, 8), [8, ∞).
 BIT_EDGES = (1.0, 2.0, 4.0, 8.0)

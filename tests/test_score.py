@@ -18,18 +18,11 @@ from typer.testing import CliRunner
 from charlm.checkpoint import save
 from charlm.cli import app
 from charlm.errors import CharlmError, ConfigError
-from charlm.evaluate import (
-    SpanConfig,
-    UnknownCharacters,
-    score_ids,
-    score_sentences,
-    surprisal,
-    surprising_spans,
-    text_surprisal,
-)
+from charlm.evaluate import UnknownCharacters, score_ids, score_sentences, surprisal
 from charlm.model import CharModel, ModelConfig
 from charlm.optim import Adam, clip_grad_norm_
 from charlm.report import BIN_STYLES, UNSCORED_STYLE, heatmap, power_of_ten
+from charlm.spans import SpanConfig, surprising_spans, text_surprisal
 from charlm.vocab import Vocab
 
 runner = CliRunner()
