@@ -10,9 +10,10 @@ pairs, alternately, every run a process of its own:
     whole        ``charlm perplexity TEXT --checkpoint CKPT --json`` and ``python benchmarks/score_peer.py TEXT
                  --checkpoint CKPT --json``, timed from outside: start-up, imports, loading and encoding included
 
-Medians over the pairs; a ratio is the peer's seconds ÷ charlm's (above 1: charlm is faster); peak RSS is each
-process's ru_maxrss. The losses are checked against one sequential pass at batch 1 (score_peer.py --sequential,
-once per model, not timed): charlm's should be within 0.005 nats/char of it. The text is by default the held-out
+Medians over the pairs; a ratio is the peer's seconds ÷ charlm's (above 1: charlm is faster); peak RSS is the
+in-process run's ru_maxrss, charlm's plus its forks' (an upper bound: pages they share count twice). The
+losses are checked against one sequential pass at batch 1 (score_peer.py --sequential, once per model, not
+timed): charlm's should be within 0.005 nats/char of it. The text is by default the held-out
 tail of --corpus (its last 10%, as charlm train splits it). The "Scoring speed" section of RESULTS.md is written
 (other sections are kept) and every figure goes to scoring.json next to it.
 
@@ -69,13 +70,14 @@ def charlm_worker(checkpoint: Path, text: Path) -> dict:
     from charlm.data import encode_stream
     from charlm.evaluate import score_ids
 
+    forks_too = (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)  # a long text's rows are scored in forks too
     t0 = time.perf_counter()
     ckpt = load(checkpoint)
     model = ckpt.build_model()
     t1 = time.perf_counter()
     enc = encode_stream(text, ckpt.vocab, str(text), form=text_form(ckpt.corpus))
     t2 = time.perf_counter()
-    score = score_ids(model, enc.ids, unknown=enc.unknown_count)
+    score = score_ids(model, enc.ids, unknown=enc.unknown_count, parallel=True)
     t3 = time.perf_counter()
     return {
         "tool": "charlm",
@@ -84,7 +86,7 @@ def charlm_worker(checkpoint: Path, text: Path) -> dict:
         "seconds": round(t3 - t2, 4),
         "load_seconds": round(t1 - t0, 4),
         "encode_seconds": round(t2 - t1, 4),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+        "peak_rss_mb": round(sum(resource.getrusage(who).ru_maxrss for who in forks_too) / 1024.0, 1),
     }
 
 
@@ -137,8 +139,8 @@ def summarize(name: str, runs: dict) -> dict:
         "charlm_whole_s": med(cw),
         "peer_whole_s": med(pw),
         "ratio_whole": med(pw) / med(cw),
-        "charlm_rss": med(r["peak_rss_mb"] for r in runs["charlm_whole"]),
-        "peer_rss": med(r["peak_rss_mb"] for r in runs["peer_whole"]),
+        "charlm_rss": med(r["peak_rss_mb"] for r in runs["charlm"]),
+        "peer_rss": med(r["peak_rss_mb"] for r in runs["peer"]),
         "loss_charlm": loss_c,
         "loss_peer": loss_p,
         "loss_sequential": seq,
@@ -180,11 +182,13 @@ def render(data: dict, sums: list[dict]) -> str:
             f"Text: {data['text']}. {data['pairs']} pair{'' if data['pairs'] == 1 else 's'} per model, alternately, each run a process of its own; medians. "
             "Scoring: the seconds of the scoring alone, measured inside each process after loading the checkpoint and "
             "encoding the text (charlm: `charlm.evaluate.score_ids`, what `charlm perplexity` runs: forward-only "
-            "passes of `charlm.scorer`; peer: "
+            "passes of `charlm.scorer`, the rows split over forked processes, one block per core, by "
+            "`charlm.rowsplit`; peer: "
             "`benchmarks/score_peer.py`, the same 64 rows and 256-character warm-up, "
             f"{data['steps']} time steps per forward pass). Whole process: `charlm perplexity TEXT --checkpoint CKPT "
             "--json` against `python benchmarks/score_peer.py TEXT --checkpoint CKPT --json`, start-up and imports "
-            "included. Ratios: the peer's seconds ÷ charlm's (above 1: charlm is faster).",
+            "included. Ratios: the peer's seconds ÷ charlm's (above 1: charlm is faster). Peak RSS: of the "
+            "in-process runs, charlm's process plus its forks' (an upper bound: the pages they share count twice).",
             "",
             *rows,
             "",
