@@ -144,19 +144,20 @@ def test_time_to_quality_judges_the_goals_on_the_means_over_the_seeds(tmp_path):
 def test_score_compare_ratios_are_the_peers_seconds_over_charlms_and_the_loss_is_checked():
     import score_compare
 
-    def run(seconds, nats):
-        return {"seconds": seconds, "nats_per_char": nats, "chars": 1000}
+    def run(seconds, nats, rss):
+        return {"seconds": seconds, "nats_per_char": nats, "chars": 1000, "peak_rss_mb": rss}
 
     runs = {
-        "charlm": [run(2.0, 1.5000), run(2.2, 1.5000), run(1.8, 1.5000)],
-        "peer": [run(3.0, 1.5001), run(2.0, 1.5001), run(4.0, 1.5001)],
+        "charlm": [run(2.0, 1.5000, 410.0), run(2.2, 1.5000, 400.0), run(1.8, 1.5000, 420.0)],
+        "peer": [run(3.0, 1.5001, 610.0), run(2.0, 1.5001, 600.0), run(4.0, 1.5001, 620.0)],
         "charlm_whole": [{"wall": w, "peak_rss_mb": 500.0} for w in (3.0, 3.1, 2.9)],
         "peer_whole": [{"wall": w, "peak_rss_mb": 600.0} for w in (4.5, 4.6, 4.4)],
         "sequential": {"sequential": {"nats_per_char": 1.5060}},
     }
     s = score_compare.summarize("m", runs)
     assert s["ratio"] == 3.0 / 2.0 and s["met_speed"] and abs(s["range"][0] - 2.0 / 2.2) < 1e-12
-    assert abs(s["ratio_whole"] - 4.5 / 3.0) < 1e-12 and s["charlm_rss"] == 500.0
+    assert abs(s["ratio_whole"] - 4.5 / 3.0) < 1e-12
+    assert s["charlm_rss"] == 410.0 and s["peer_rss"] == 610.0  # the in-process runs' (charlm's with its forks)
     assert not s["met_loss"]  # 1.5000 against 1.5060: 0.006 apart
     runs["sequential"]["sequential"]["nats_per_char"] = 1.5040
     assert score_compare.summarize("m", runs)["met_loss"]
