@@ -155,7 +155,7 @@ class UnitNames:
 
 UNIT_NAMES = {"char": UnitNames("char", "chars", "characters"), "word": UnitNames("word", "words", "words")}
 
-# The word model's defaults where they differ from the character model's (`charlm train --unit word`).
+# The word model's defaults where they differ from the character model's (a run whose unit is "word").
 # Sizes of the usual small word-level LSTM (PyTorch's word_language_model example: 200–256 wide, 35 steps,
 # batch 20–32); not yet chosen by measurement on charlm. val_chars counts tokens here: a 10,000-word
 # softmax makes each held-out token ~100 times as costly to score as a character.

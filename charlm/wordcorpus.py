@@ -47,6 +47,7 @@ from charlm.wordvocab import EOS_ID, TokenCounts, WordVocab
 
 TOKENIZER_VERSION = 1  # in the cache name: ids cached by another tokenizer are never reused
 MIN_SENTENCES = 2  # a word model learns from at least this many sentences
+TOKEN_BLOCK = 2**18  # characters split into tokens at a time (their token list: a few MB of Python strings)
 
 
 @dataclass(frozen=True)
@@ -99,12 +100,10 @@ def scan_words(
     counts = TokenCounts()
     tok = Tokenizer(words.lowercase)
     n_chars = 0
-    for text in iter_text(
-        path, label, encoding, errors, form=form, digest=digest, progress="reading" if progress else None
-    ):
+    reading = "reading" if progress else None
+    for text, final in _blocks(iter_text(path, label, encoding, errors, form=form, digest=digest, progress=reading)):
         n_chars += len(text)
-        counts.add(tok.feed(text))
-    counts.add(tok.feed("", final=True))
+        counts.add(tok.feed(text, final=final))
     if counts.sentences < MIN_SENTENCES:
         raise CorpusError(
             f"{label}: {counts.sentences} sentence(s); a word model needs at least {MIN_SENTENCES}. A sentence "
@@ -141,7 +140,7 @@ def word_chunks(scan: WordScan, progress: bool = False) -> Iterator[np.ndarray]:
     changed = CorpusError(f"{scan.label}: the file changed while it was being read. Run the command again.")
     bar = "encoding" if progress else None
     texts = iter_text(scan.path, scan.label, scan.encoding, scan.errors, form=scan.form, digest=digest, progress=bar)
-    for text, final in _with_final(texts):
+    for text, final in _blocks(texts):
         ids = scan.vocab.ids(tok.feed(text, final=final))
         n += len(ids)
         if n > scan.n_tokens:
@@ -151,9 +150,12 @@ def word_chunks(scan: WordScan, progress: bool = False) -> Iterator[np.ndarray]:
         raise changed
 
 
-def _with_final(texts: Iterator[str]) -> Iterator[tuple[str, bool]]:
-    """(chunk, False) for each chunk, then ("", True)."""
-    yield from ((t, False) for t in texts)
+def _blocks(texts: Iterator[str]) -> Iterator[tuple[str, bool]]:
+    """(block, False) for each block of at most TOKEN_BLOCK characters of the chunks, then ("", True):
+    the tokens of one block are Python strings, so blocks keep them to a few MB."""
+    for text in texts:
+        for start in range(0, len(text), TOKEN_BLOCK):
+            yield text[start : start + TOKEN_BLOCK], False
     yield "", True
 
 
@@ -260,7 +262,7 @@ def encode_word_stream(
     unknown: Counter = Counter()
     n_chars = 0
     texts = iter_text(source, label, encoding, errors, form=form, progress="reading" if progress else None)
-    for text, final in _with_final(texts):
+    for text, final in _blocks(texts):
         n_chars += len(text)
         enc = vocab.encode_tokens(tok.feed(text, final=final), unknown="unk")
         unknown.update(enc.unknown)
