@@ -341,3 +341,15 @@ def test_word_run_resumes_with_its_own_vocabulary(word_run, word_corpus, capsys)
     assert "resuming" in err and "nats/word" in out
     assert checkpoint.load(word_run / "last.safetensors").state.step == 8
     assert checkpoint.load(word_run / "last.safetensors").vocab == checkpoint.load(word_run / "best.safetensors").vocab
+
+
+def test_word_corpus_ids_do_not_depend_on_blocks(word_corpus, monkeypatch):
+    """The corpus is split into tokens TOKEN_BLOCK characters at a time; any block size gives the same ids."""
+    import charlm.wordcorpus as wc
+
+    config, words = TrainConfig(batch_size=4, seq_len=8), WordConfig(15)
+    whole = load_word_corpus(word_corpus, config, words)
+    monkeypatch.setattr(wc, "TOKEN_BLOCK", 7)
+    cut = load_word_corpus(word_corpus, config, words)
+    assert cut.vocab == whole.vocab and np.array_equal(cut.ids, whole.ids)
+    assert len(whole.ids) == len(tokenize(WORD_TEXT))
