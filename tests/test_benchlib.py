@@ -222,3 +222,22 @@ def test_startup_benchmark_writes_its_section_with_medians_and_goals(tmp_path, m
     assert "| `charlm sample -m shakespeare --length 200` | 0.500 s |" in section and "**no**" in section
     data = json.loads((tmp_path / "startup.json").read_text())
     assert data["times"]["help"]["wall"] == [0.12] * 3
+
+
+def test_word_compare_charlm_side_and_summary(tmp_path):
+    """benchmarks/word_compare.py without PyTorch: charlm's tokens of a small text, one timed window
+    of charlm's side on them, and the goal arithmetic of a summary."""
+    import word_compare as wc
+
+    text = tmp_path / "t.txt"
+    text.write_text("The cat sat on the mat. A dog ran in the park!\n\n" * 400, encoding="utf-8")
+    tokens = wc.prepare_tokens(str(text), 10, tmp_path)
+    assert tokens["vocab"] == 12 and tokens["tokens"] == 400 * 16
+    r = wc.charlm_side(tmp_path, "train", 1, 0.01, 10)
+    assert len(r["rates"]) == 1 and r["rates"][0] > 0 and r["peak_rss_mb"] > 0
+    runs = {
+        side: {"train": [{"median": m, "peak_rss_mb": rss}]}
+        for side, m, rss in (("charlm", 3.0, 50), ("pytorch", 2.0, 100))
+    }
+    train, rss = wc.summarize("train", runs), wc.summarize("rss", runs)
+    assert (train["ratio"], train["met"], rss["ratio"], rss["met"]) == (1.5, True, 0.5, True)
