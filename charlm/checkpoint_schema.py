@@ -32,22 +32,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from charlm.config import (
-    CELL_NAMES,
-    ERROR_POLICIES,
-    MAX_WORDS,
-    STORED_WITH_CORPUS,
-    UNITS,
-    ModelConfig,
-    TrainConfig,
-    TrainState,
-)
+from charlm.config import CELL_NAMES, ERROR_POLICIES, STORED_WITH_CORPUS, UNITS, ModelConfig, TrainConfig, TrainState
 from charlm.corpus import CorpusFingerprint
 from charlm.errors import CharlmError, CheckpointError, ConfigError
 from charlm.model import CELLS, CharModel
 from charlm.text import check_decoding
 from charlm.vocab import MAX_VOCAB, Vocab
-from charlm.wordvocab import SPECIALS, WordVocab
+from charlm.wordvocab import MAX_WORDS, SPECIALS, WordVocab
 
 INT, NUMBER, STR, BOOL = "an integer", "a number", "a string", "true or false"
 MAX_COUNT = 2**63 - 1  # every integer fits a signed 64-bit counter (NumPy's int64)
@@ -282,26 +273,22 @@ def vocab(cps: object, size: int) -> Vocab:
 
 
 def word_vocab(d: object, size: int) -> WordVocab:
-    """A word vocabulary: ``words``, distinct non-empty tokens without whitespace (neither
-    <EOS> nor <UNK>, which take ids 0 and 1), ``size`` − 2 of them; ``lowercase``, true or false."""
+    """A word vocabulary: ``words``, size − 2 distinct tokens (non-empty strings without whitespace,
+    neither <EOS> nor <UNK>, which take ids 0 and 1); ``lowercase``, true or false."""
     if not isinstance(d, dict):
         raise Bad("vocab", f"must be a JSON object (a word model's vocabulary), not {show(d)}")
-    values = section("vocab", d, {"lowercase": Spec(BOOL, required=True)})
+    lowercase = section("vocab", d, {"lowercase": Spec(BOOL, required=True)})["lowercase"]
     words = d.get("words")
-    if not isinstance(words, list):
-        raise Bad("vocab.words", f"must be a list of tokens, not {show(words)}")
-    if not 1 <= len(words) <= MAX_WORDS:
-        raise Bad("vocab.words", f"must hold 1 to {MAX_WORDS:,} tokens, not {len(words):,}")
-    seen: set[str] = set()
+    if not (isinstance(words, list) and 1 <= len(words) <= MAX_WORDS):
+        raise Bad("vocab.words", f"must be a list of 1 to {MAX_WORDS:,} tokens, not {show(words)}")
     for i, w in enumerate(words):
         if not isinstance(w, str) or not w or any(c.isspace() for c in w) or w in SPECIALS:
             raise Bad(f"vocab.words[{i}]", f"must be a token (a string without whitespace), not {show(w)}")
-        if w in seen:
-            raise Bad(f"vocab.words[{i}]", "repeats a token")
-        seen.add(w)
+    if len(set(words)) != len(words):
+        raise Bad("vocab.words", "repeats a token")
     if len(words) + len(SPECIALS) != size:
         raise Bad("config.vocab_size", f"is {size:,}, but the vocabulary has {len(words) + len(SPECIALS):,} tokens")
-    return WordVocab(words, values["lowercase"])
+    return WordVocab(words, lowercase)
 
 
 def _val_curve(curve: object) -> None:

@@ -268,12 +268,8 @@ def info_fields(info, width: int = 80) -> Fields:
     if cfg.cell == "lstm":  # written before the setting existed: initialised with 1 (see ModelConfig.from_dict)
         model += f", initial forget-gate bias {cfg.forget_bias:g}"
     u = UNIT_NAMES[info.unit]
-    fields += [
-        ("model", model),
-        ("parameters", f"{info.params:,}"),
-        ("unit", u.one),
-        ("vocabulary", vocabulary_text(info)),
-    ]
+    fields += [("model", model), ("parameters", f"{info.params:,}"), ("unit", u.one)]
+    fields.append(("vocabulary", vocabulary_text(info)))
     if info.corpus is not None:
         fields.append(("corpus", corpus_text(info.corpus)))
     if tr is not None:
