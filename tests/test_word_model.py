@@ -227,6 +227,11 @@ def test_cli_word_model(word_run, capsys):
     info = json.loads(out)
     assert info["unit"] == "word" and info["vocab_size"] == 14 and info["corpus"]["unknown_tokens"] > 0
 
+    code, _, err = call(capsys, ["export", str(word_run), "shared.safetensors", "--half"])
+    assert code == 0, err
+    shared = checkpoint.load(Path("shared.safetensors"))
+    assert shared.vocab.unit == "word" and shared.warmed is not None and shared.extra == {}
+
     code, out, _ = call(capsys, ["runs"])
     assert code == 0 and "best val nats/unit" in out and "word, V=14" in out
 
