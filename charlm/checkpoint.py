@@ -14,7 +14,10 @@ Layout of a checkpoint file:
   ``ModelConfig``), ``vocab`` (JSON list of code points), ``train`` (JSON
   ``TrainState``, with the ``TrainConfig`` inside) and ``corpus`` (JSON
   ``CorpusFingerprint``: name, sha256, characters, how it was read) and, with a
-  warmed-up state, ``warm_up`` (JSON: the id fed first, the warm-up's chars and seed).
+  warmed-up state, ``warm_up`` (JSON: the id fed first, the warm-up's chars and seed);
+  a word model also has ``unit`` ("word"), and its ``vocab`` is a JSON object (words
+  and case policy, see ``charlm.wordvocab``); without ``unit`` a checkpoint is a
+  character model's.
 
 Loading parses the 8-byte header length and JSON header first (never pickle),
 checks every field against one schema (``charlm.checkpoint_schema``: types,
@@ -116,6 +119,8 @@ def save(
             corpus.to_dict() if isinstance(corpus, CorpusFingerprint) else corpus or {}, sort_keys=True
         ),
     }
+    if vocab.unit != "char":  # a character model records none, as every checkpoint before word models
+        metadata["unit"] = vocab.unit
     if warmed is not None:
         metadata["warm_up"] = json.dumps({"first": warmed.first, "chars": warmed.chars, "seed": warmed.seed})
     data = st_save(tensors, metadata=metadata)

@@ -3,10 +3,11 @@ ranges, checked when a checkpoint is read, before anything else sees a value.
 
 ``parse`` turns the ``__metadata__`` strings and the tensor entries of a safetensors
 header (already checked as safetensors by ``charlm.checkpoint.read_header``) into
-typed objects — ModelConfig, Vocab, TrainState with its TrainConfig,
-CorpusFingerprint — or raises a CheckpointError of kind "bad_header" that names the
-field (``train.step``, ``config.hidden``, ``vocab[3]``, ``tensor 'decoder.bias'``)
-and what is wrong with it. Checked:
+typed objects — ModelConfig, Vocab (or WordVocab when ``unit`` is "word"; absent:
+characters), TrainState with its TrainConfig, CorpusFingerprint — or raises a
+CheckpointError of kind "bad_header" that names the field (``train.step``,
+``config.hidden``, ``vocab[3]``, ``tensor 'decoder.bias'``) and what is wrong with it.
+Checked:
 
 * types as JSON spells them: an integer is neither ``true`` nor ``3.0``; a number is
   finite (no NaN, no infinity); an integer fits a signed 64-bit counter;
@@ -31,12 +32,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from charlm.config import CELL_NAMES, ERROR_POLICIES, STORED_WITH_CORPUS, ModelConfig, TrainConfig, TrainState
+from charlm.config import CELL_NAMES, ERROR_POLICIES, STORED_WITH_CORPUS, UNITS, ModelConfig, TrainConfig, TrainState
 from charlm.corpus import CorpusFingerprint
 from charlm.errors import CharlmError, CheckpointError, ConfigError
 from charlm.model import CELLS, CharModel
 from charlm.text import check_decoding
 from charlm.vocab import MAX_VOCAB, Vocab
+from charlm.wordvocab import MAX_WORDS, SPECIALS, WordVocab
 
 INT, NUMBER, STR, BOOL = "an integer", "a number", "a string", "true or false"
 MAX_COUNT = 2**63 - 1  # every integer fits a signed 64-bit counter (NumPy's int64)
@@ -137,6 +139,9 @@ CORPUS = {
     "errors": Spec(STR, null=True, rule=_one_of(ERROR_POLICIES)),
     "nfc": Spec(BOOL, null=True),
     "crlf_as_lf": Spec(BOOL, null=True),
+    "tokens": Spec(INT, 0, null=True),  # word models only, as the two below
+    "val_tokens": Spec(INT, 0, null=True),  # at most tokens (checked below)
+    "unknown_tokens": Spec(INT, 0, null=True),  # at most tokens (checked below)
 }
 # warm_up (charlm.sample.Warmed): absent in a model stored without it, and in older checkpoints.
 WARM = {
@@ -159,7 +164,7 @@ class Metadata:
     """A checkpoint's metadata, read once into typed objects."""
 
     config: ModelConfig  # the network
-    vocab: Vocab  # its characters
+    vocab: Vocab | WordVocab  # its characters, or its words (a word model: meta "unit" is "word")
     state: TrainState | None = None  # where training stood, with its TrainConfig (None: not recorded)
     corpus: CorpusFingerprint | None = None  # the text it was trained on (None: not recorded)
     warm_up: dict | None = None  # first, chars and seed of the stored warmed-up state (None: not stored)
@@ -267,6 +272,25 @@ def vocab(cps: object, size: int) -> Vocab:
     return Vocab("".join(map(chr, cps)))
 
 
+def word_vocab(d: object, size: int) -> WordVocab:
+    """A word vocabulary: ``words``, size − 2 distinct tokens (non-empty strings without whitespace,
+    neither <EOS> nor <UNK>, which take ids 0 and 1); ``lowercase``, true or false."""
+    if not isinstance(d, dict):
+        raise Bad("vocab", f"must be a JSON object (a word model's vocabulary), not {show(d)}")
+    lowercase = section("vocab", d, {"lowercase": Spec(BOOL, required=True)})["lowercase"]
+    words = d.get("words")
+    if not (isinstance(words, list) and 1 <= len(words) <= MAX_WORDS):
+        raise Bad("vocab.words", f"must be a list of 1 to {MAX_WORDS:,} tokens, not {show(words)}")
+    for i, w in enumerate(words):
+        if not isinstance(w, str) or not w or any(c.isspace() for c in w) or w in SPECIALS:
+            raise Bad(f"vocab.words[{i}]", f"must be a token (a string without whitespace), not {show(w)}")
+    if len(set(words)) != len(words):
+        raise Bad("vocab.words", "repeats a token")
+    if len(words) + len(SPECIALS) != size:
+        raise Bad("config.vocab_size", f"is {size:,}, but the vocabulary has {len(words) + len(SPECIALS):,} tokens")
+    return WordVocab(words, lowercase)
+
+
 def _val_curve(curve: object) -> None:
     """[step, loss] pairs; a loss is ≥ 0, or NaN for a validation without held-out text."""
     if not isinstance(curve, list):
@@ -307,6 +331,9 @@ def corpus_fingerprint(d: object) -> CorpusFingerprint | None:
         and values["val_chars"] > values["chars"]
     ):
         raise Bad("corpus.val_chars", f"is {values['val_chars']:,}, more than all {values['chars']:,} characters")
+    for key in ("val_tokens", "unknown_tokens"):
+        if values.get(key) is not None and values.get("tokens") is not None and values[key] > values["tokens"]:
+            raise Bad(f"corpus.{key}", f"is {values[key]:,}, more than all {values['tokens']:,} tokens")
     return CorpusFingerprint.from_dict(values) if d else None
 
 
@@ -355,7 +382,9 @@ def parse(path: Path, header: dict, meta: dict) -> Metadata:
     against the tables above. Raises CheckpointError (kind "bad_header": path, field, problem)."""
     try:
         config = model_config(_json(meta, "config"))
-        chars = vocab(_json(meta, "vocab"), config.vocab_size)
+        unit = value("unit", Spec(STR, rule=_one_of(UNITS)), meta.get("unit", "char"))  # absent: characters
+        read_vocab = word_vocab if unit == "word" else vocab
+        chars = read_vocab(_json(meta, "vocab"), config.vocab_size)
         state = train_state(_json(meta, "train") if "train" in meta else {})
         corpus = corpus_fingerprint(_json(meta, "corpus") if "corpus" in meta else {})
         warm = warm_up(_json(meta, "warm_up") if "warm_up" in meta else None, config.vocab_size)

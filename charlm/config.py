@@ -140,6 +140,45 @@ class TrainConfig:
 
 STORED_WITH_CORPUS = ("encoding", "errors", "normalize", "keep_cr")  # TrainConfig fields the corpus fingerprint records
 
+UNITS = ("char", "word")  # what one id of a model stands for: a character, or a token of charlm.words
+MAX_WORDS = 65_534  # N at most: with <EOS> and <UNK>, every id fits uint16
+
+
+@dataclass(frozen=True)
+class UnitNames:
+    """How figures name a model's unit: nats/char and chars/s, or nats/word and words/s."""
+
+    one: str  # per one: "char", "word"
+    short: str  # in rates: "chars", "words"
+    many: str  # in counts: "characters", "words"
+
+
+UNIT_NAMES = {"char": UnitNames("char", "chars", "characters"), "word": UnitNames("word", "words", "words")}
+
+# The word model's defaults where they differ from the character model's (a run whose unit is "word").
+# Sizes of the usual small word-level LSTM (PyTorch's word_language_model example: 200–256 wide, 35 steps,
+# batch 20–32); not yet chosen by measurement on charlm. val_chars counts tokens here: a 10,000-word
+# softmax makes each held-out token ~100 times as costly to score as a character.
+WORD_DEFAULTS = {"embed": 256, "hidden": 256, "seq_len": 35, "batch_size": 32, "val_chars": 50_000}
+
+
+@dataclass(frozen=True)
+class WordConfig:
+    """How a word model's corpus becomes ids (charlm.words, charlm.wordvocab); the
+    checkpoint keeps the vocabulary itself, with its case policy."""
+
+    vocab_size: int = 10_000  # N: the most frequent tokens kept; with <EOS> and <UNK>, V = N + 2
+    lowercase: bool = True  # lower-case the text before it is split into tokens
+
+    def check(self) -> WordConfig:
+        """Refuse a vocabulary size that cannot work (ConfigError naming the field)."""
+        _at_least("vocab_size", self.vocab_size, 1)
+        if self.vocab_size > MAX_WORDS:
+            raise ConfigError(
+                "vocab_size", f"must be at most {MAX_WORDS:,} (got {self.vocab_size:,}): ids are 16-bit numbers."
+            )
+        return self
+
 
 @dataclass
 class TrainState:
@@ -193,7 +232,11 @@ class TrainState:
 # Sampling (appended: the settings of charlm.sample)
 # --------------------------------------------------------------------------- #
 
-UNKNOWN_POLICIES = ("error", "skip")  # characters the model has never seen: refuse and list them, or drop them
+UNKNOWN_POLICIES = (
+    "error",
+    "skip",
+    "unk",
+)  # unknown symbols: refuse and list them, drop them, or read them as <UNK> (words)
 
 
 def check_unknown_policy(policy: str, setting: str = "unknown") -> None:
@@ -201,7 +244,7 @@ def check_unknown_policy(policy: str, setting: str = "unknown") -> None:
     from charlm.errors import ConfigError
 
     if policy not in UNKNOWN_POLICIES:
-        raise ConfigError(setting, f"must be 'error' or 'skip', not {policy!r}.")
+        raise ConfigError(setting, f"must be 'error', 'skip' or 'unk', not {policy!r}.")
 
 
 MAX_SAMPLE_LENGTH = 10**15  # characters per sample: far more than any run produces, well inside int64 counters
@@ -214,14 +257,16 @@ class SampleConfig:
     Greedy decoding is temperature 0: the argmax, the same text for every seed.
     """
 
-    length: int = 200  # characters generated per sample, not counting the prime; at most MAX_SAMPLE_LENGTH
+    length: int = 200  # characters (tokens for a word model) per sample, not counting the prime; ≤ MAX_SAMPLE_LENGTH
     temperature: float = 1.0  # τ: logits are divided by it before the softmax; 0 takes the argmax
     top_k: int | None = None  # draw only from the k most likely characters (None: no cut)
     top_p: float | None = None  # nucleus: the smallest set of most likely characters with mass ≥ p (None: no cut)
     seed: int | None = None  # seeds the uniform numbers of the draws (None: fresh entropy every run)
     stop: str | None = None  # end a sample as soon as the generated text ends with this string
     num_samples: int = 1  # independent samples, each starting again from the prime
-    unknown: str = "error"  # prime characters the model has never seen: error (refuse) or skip (drop them)
+    unknown: str = "error"  # unknown prime symbols: error (refuse), skip (drop them), unk (words: read as <UNK>)
+    sentences: int | None = None  # end a sample after this many sentence ends (None: only length ends it)
+    no_unk: bool = False  # never emit <UNK> (word models): its probability is given to the other tokens
 
     def check(self) -> SampleConfig:
         """Raise ConfigError naming the first setting that cannot work; return self."""
@@ -257,4 +302,6 @@ class SampleConfig:
             raise ConfigError("stop", "needs at least one character.")
         if self.seed is not None and self.seed < 0:
             raise ConfigError("seed", f"must be 0 or more (got {self.seed}).")
+        if self.sentences is not None and self.sentences < 1:
+            raise ConfigError("sentences", f"must be at least 1 (got {self.sentences}).")
         return self

@@ -56,6 +56,9 @@ class CorpusFingerprint:
     errors: str | None = None  # error policy of that reading
     nfc: bool | None = None  # NFC-normalized as it was read (None: not recorded, read raw)
     crlf_as_lf: bool | None = None  # "\r\n" read as "\n" (None: not recorded, read raw)
+    tokens: int | None = None  # word models: tokens of the text, <EOS> included (None: a character model)
+    val_tokens: int | None = None  # word models: tokens held out at the end (val_chars is then not recorded)
+    unknown_tokens: int | None = None  # word models: tokens of the text read as <UNK> (outside the vocabulary)
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -113,13 +116,8 @@ class CorpusScan:
     form: TextForm = RAW  # what was done to the decoded text: NFC, "\r\n" as "\n"
 
 
-def scan_corpus(
-    path: Path, encoding: str = "utf-8", errors: str = "strict", *, form: TextForm = RAW, progress: bool = False
-) -> CorpusScan:
-    """First pass: check the whole file (see ``iter_text``), count its characters in
-    ``form``, collect its vocabulary and hash its bytes. Raises CorpusError or UsageError."""
-    path = Path(path)
-    label = str(path)
+def refuse_special_file(path: Path, label: str) -> None:
+    """Refuse a pipe or a device: training reads the corpus twice."""
     try:
         special = path.exists() and not path.is_dir() and not path.is_file()
     except OSError:
@@ -128,6 +126,16 @@ def scan_corpus(
         raise CorpusError(
             f"{label}: not a regular file (a pipe or a device). Training reads the corpus twice; save it to a file first."
         )
+
+
+def scan_corpus(
+    path: Path, encoding: str = "utf-8", errors: str = "strict", *, form: TextForm = RAW, progress: bool = False
+) -> CorpusScan:
+    """First pass: check the whole file (see ``iter_text``), count its characters in
+    ``form``, collect its vocabulary and hash its bytes. Raises CorpusError or UsageError."""
+    path = Path(path)
+    label = str(path)
+    refuse_special_file(path, label)
     digest = hashlib.sha256()
     seen = np.zeros(CODE_POINTS, dtype=bool)  # (0x110000,) code points present
     n_chars = 0
@@ -218,19 +226,34 @@ def encode_corpus(
     cache file is reused when ``cache_problem`` finds nothing wrong with it, else encoded again, and
     temporary files of killed runs are removed. The ids are then a read-only np.memmap.
     """
-    N = scan.n_chars
+    return encode_ids(
+        scan.n_chars, len(scan.vocab), cache_name(scan), lambda: encoded_chunks(scan, progress), report, "characters"
+    )
+
+
+def encode_ids(
+    N: int,
+    vocab_size: int,
+    name: str,
+    chunks: Callable[[], Iterator[np.ndarray]],
+    report: Callable[[str], None] | None = None,
+    what: str = "characters",
+) -> tuple[np.ndarray, Path | None]:
+    """(ids, cache file): the N ids that ``chunks()`` yields, in memory below
+    ``MEMMAP_MIN_CHARS``, else through the cache file ``cache_dir()/name`` (see ``encode_corpus``;
+    ``what`` names the ids in the notices: characters, words)."""
     if N < MEMMAP_MIN_CHARS:
         ids = np.empty(N, dtype=np.uint16)  # (N,)
         pos = 0
-        for chunk in encoded_chunks(scan, progress):
+        for chunk in chunks():
             ids[pos : pos + len(chunk)] = chunk
             pos += len(chunk)
         return ids, None
-    path = cache_dir() / cache_name(scan)
+    path = cache_dir() / name
     for stale in remove_stale_temps(path.parent, older_than=STALE_TEMP_SECONDS) if path.parent.is_dir() else ():
         if report:
             report(f"removed {stale}, left by a killed run")
-    problem = cache_problem(path, N, len(scan.vocab))
+    problem = cache_problem(path, N, vocab_size)
     if problem is None:
         if report:
             report(f"using the encoded corpus cached in {path}")
@@ -238,13 +261,13 @@ def encode_corpus(
     if report and problem != "missing":
         report(f"the encoded corpus cached in {path} is damaged ({problem}); encoding it again")
     if report:
-        report(f"encoding {N:,} characters to {path} ({2 * N / 1e6:,.0f} MB, reused by later runs on this file)")
+        report(f"encoding {N:,} {what} to {path} ({2 * N / 1e6:,.0f} MB, reused by later runs on this file)")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # as atomic.remove_stale_temps expects
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             digest = hashlib.sha256()
-            for chunk in encoded_chunks(scan, progress):
+            for chunk in chunks():
                 data = np.ascontiguousarray(chunk, dtype="<u2")  # no copy when it is already little-endian uint16
                 digest.update(data)
                 f.write(data)

@@ -30,10 +30,12 @@ import numpy as np
 
 from charlm.config import check_unknown_policy
 from charlm.data import RELEASE_EVERY, release_pages
-from charlm.errors import CharlmError
+from charlm.errors import ConfigError
 from charlm.model import CharModel, State
 from charlm.scorer import Scorer
-from charlm.vocab import Vocab, describe_char, describe_counts
+from charlm.unknown import UnknownCharacters, nothing_to_score
+from charlm.vocab import Vocab
+from charlm.wordvocab import WordVocab
 
 EVAL_BATCH = 64  # rows scored in parallel
 EVAL_MIN_ROW = 128  # each row holds at least this many targets, so a short text is scored in fewer rows
@@ -213,21 +215,6 @@ def surprisal(model: CharModel, ids: np.ndarray, **kw) -> np.ndarray:
 # --------------------------------------------------------------------------- #
 
 
-class UnknownCharacters(CharlmError):
-    """Sentences hold characters the model has never seen, and the policy is to refuse them.
-
-    ``what`` names the characters and the sentences; the message adds what to do."""
-
-    def __init__(self, missing: Counter, sentences: Sequence[int]) -> None:
-        listed = ", ".join(describe_char(c) for c, _ in missing.most_common(10))
-        more = "" if len(missing) <= 10 else f" and {len(missing) - 10} more"
-        which = ", ".join(map(str, sentences[:10])) + (", …" if len(sentences) > 10 else "")
-        self.what = (
-            f"{sum(missing.values())} character(s) not in the model's vocabulary: {listed}{more} (sentence {which})"
-        )
-        super().__init__(f"{self.what}. Remove them, or score with the unknown-character policy 'skip' to drop them.")
-
-
 @dataclass(frozen=True)
 class SentenceScore(Score):
     """A sentence's score: ``nats`` = −log P(sentence), the sum of its characters' surprisals."""
@@ -247,7 +234,7 @@ class SentenceScore(Score):
 
 def score_sentences(
     model: CharModel,
-    vocab: Vocab,
+    vocab: Vocab | WordVocab,
     sentences: Sequence[str],
     unknown: str = "error",
     batch_size: int = EVAL_BATCH,
@@ -260,13 +247,17 @@ def score_sentences(
     −log P(sentence) = −Σ_t log ŷ<t>[y<t>]. Without a newline in the vocabulary
     the first character is fed, not scored. unknown: "error" raises
     UnknownCharacters naming the characters the model has never seen; "skip"
-    drops them.
+    drops them. A word model is fed <EOS> first and scores every token of the
+    sentence and the <EOS> that ends it (the notes' P(y<1>, …, y<T>, <EOS>));
+    under "unk" (word models only) a word outside its vocabulary is scored as <UNK>.
 
     Sentences are scored in batches of ``batch_size``, grouped by length and
     padded at the end: padding comes after every scored position, so it never
     changes a score.
     """
     check_unknown_policy(unknown)
+    if unknown == "unk" and vocab.unit != "word":
+        raise ConfigError("unknown", "'unk' is for word models: a character model has no <UNK>. Use error or skip.")
     encoded, dropped = _encode_sentences(vocab, sentences, unknown)
     lengths = np.array([len(ids) for ids in encoded], dtype=np.int64)
     nats = np.zeros(len(sentences))
@@ -280,41 +271,28 @@ def score_sentences(
     ]
 
 
-def _encode_sentences(vocab: Vocab, sentences: Sequence[str], unknown: str) -> tuple[list[np.ndarray], list[int]]:
-    """Each sentence's ids after a newline (when the vocabulary has one), and how many
-    unknown characters each lost; refused as UnknownCharacters under the "error" policy."""
-    start = vocab.index("\n")
+def _encode_sentences(
+    vocab: Vocab | WordVocab, sentences: Sequence[str], unknown: str
+) -> tuple[list[np.ndarray], list[int]]:
+    """Each sentence's ids after a newline (when the vocabulary has one; a word model: after <EOS>,
+    and ending with <EOS>), and how many unknown symbols each lost (or read as <UNK>); refused as
+    UnknownCharacters under the "error" policy."""
+    start = vocab.boundary_id
+    keep = "unk" if unknown == "unk" else "skip"  # "error" is decided below, once every sentence is read
     encoded, dropped = [], []
     lost: dict[int, Counter] = {}  # sentence number → its unknown characters
     for i, sentence in enumerate(sentences):
-        enc = vocab.encode(sentence, unknown="skip")
+        enc = vocab.encode(sentence, unknown=keep)
         if enc.unknown:
             lost[i + 1] = enc.unknown
         ids = enc.ids  # compact ids (cast to int64 a group at a time), so a long file of sentences stays small
         encoded.append(ids if start is None else np.concatenate((np.array([start], ids.dtype), ids)))
         dropped.append(enc.unknown_count)
     if lost and unknown == "error":
-        raise UnknownCharacters(sum(lost.values(), Counter()), list(lost))
+        raise UnknownCharacters(sum(lost.values(), Counter()), list(lost), words=vocab.unit == "word")
     if short := [i + 1 for i, ids in enumerate(encoded) if len(ids) < 2]:
-        raise _nothing_to_score(short, lost, newline=start is not None)
+        raise nothing_to_score(short, lost, start is not None, words=vocab.unit == "word")
     return encoded, dropped
-
-
-def _nothing_to_score(short: list[int], lost: dict[int, Counter], newline: bool) -> CharlmError:
-    """Why sentences ``short`` leave nothing to score: no known character, or one and no newline to feed first."""
-    unknown = sum((lost.get(i, Counter()) for i in short), Counter())
-    which = ", ".join(map(str, short[:10])) + (", …" if len(short) > 10 else "")
-    dropped = f" once the unknown ones ({describe_counts(unknown, 10)}) are dropped" if unknown else ""
-    if newline:
-        return CharlmError(
-            f"sentence {which}: no character the model knows is left to score{dropped}. Leave that sentence out, "
-            "or score it with a model trained on such text."
-        )
-    return CharlmError(
-        f"sentence {which}: fewer than two characters the model knows{dropped}; this model has no newline in its "
-        "vocabulary, so a sentence's first character is fed to it, not scored. Give at least two characters it "
-        "knows, or leave that sentence out."
-    )
 
 
 def _group_nats(scorer: Scorer, group: list[np.ndarray], steps: int) -> np.ndarray:

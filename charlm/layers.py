@@ -42,9 +42,21 @@ def log_softmax_pick(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
 def scatter_rows(ids: np.ndarray, grad_rows: np.ndarray, num_rows: int) -> np.ndarray:
     """Σ of grad_rows into the rows named by ids: the backward of a row gather.
 
-    ids (N,), grad_rows (N, E) → (num_rows, E). A one-hot GEMM, as for small
-    vocabularies it is much faster than ``np.add.at``.
+    ids (N,), grad_rows (N, E) → (num_rows, E). Up to N rows (a character
+    vocabulary) a one-hot GEMM, much faster than ``np.add.at``; beyond (a word
+    vocabulary, V > N) the rows are sorted by id and summed per id with one
+    ``np.add.reduceat``, which costs O(N·E) instead of the GEMM's O(V·N·E).
     """
-    onehot = np.zeros((ids.shape[0], num_rows), grad_rows.dtype)
-    onehot[np.arange(ids.shape[0]), ids] = 1.0
-    return onehot.T @ grad_rows
+    N = ids.shape[0]
+    if num_rows <= N:
+        onehot = np.zeros((N, num_rows), grad_rows.dtype)
+        onehot[np.arange(N), ids] = 1.0
+        return onehot.T @ grad_rows
+    out = np.zeros((num_rows, grad_rows.shape[1]), grad_rows.dtype)
+    if N == 0:
+        return out
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+    starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]])  # first row of each distinct id
+    out[sorted_ids[starts]] = np.add.reduceat(grad_rows[order], starts, axis=0)
+    return out

@@ -178,12 +178,26 @@ class CharModel:
         table += first.b_hh
         return table
 
+    def chunk_table(self, ids: np.ndarray) -> np.ndarray:
+        """The rows of ``input_table`` for the (T, B) ids of one chunk only, (T·B, G·H) in their order:
+        W_ih[1] Emb[x<t>] + b_ih + b_hh. Cheaper than the whole table when V > T·B (a word model)."""
+        first = self.rnn[0]
+        rows = self.params["embedding.weight"][ids.reshape(-1)] @ first.w_ih.T  # (T·B, E) @ (E, G·H)
+        rows += first.b_ih
+        rows += first.b_hh
+        return rows
+
     def _forward(
         self, ids: np.ndarray, state: State, masks: list[np.ndarray] | None
     ) -> tuple[np.ndarray, State, list[np.ndarray]]:
         """Run the stack. Returns (top output (T, B, H), final state, inputs of layers ≥ 1)."""
         first = self.rnn[0]
-        out, s = first.forward_from_table(ids, self.input_table(), state[0])
+        T, B = ids.shape
+        if self.config.vocab_size > T * B:  # a word vocabulary: project the chunk's T·B rows, not all V
+            table, ids = self.chunk_table(ids), np.arange(T * B).reshape(T, B)
+        else:
+            table = self.input_table()
+        out, s = first.forward_from_table(ids, table, state[0])
         new_state = [s]
         inputs = []  # the input of each layer ≥ 1, (T, B, H)
         for layer in range(1, len(self.rnn)):

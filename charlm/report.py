@@ -26,8 +26,10 @@ from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
 
+from charlm.config import UNIT_NAMES
 from charlm.evaluate import SentenceScore
 from charlm.spans import Span
+from charlm.wordreport import corpus_text, vocabulary_text
 
 # Surprisal bins in bits per character: [0, 1), [1, 2), [2, 4), [4, 8), [8, ∞).
 BIT_EDGES = (1.0, 2.0, 4.0, 8.0)
@@ -129,9 +131,9 @@ class Fields:
             yield Segment.line()
 
 
-def score_table(ranked: Sequence[SentenceScore]) -> PlainTable:
-    """Sentences, most likely first, with ln P, nats/char, bits/char and P; the
-    sentence last, so that a long one is never squeezed into a narrow column."""
+def score_table(ranked: Sequence[SentenceScore], unit: str = "char") -> PlainTable:
+    """Sentences, most likely first, with ln P, nats and bits per char (per word for a word
+    model) and P; the sentence last, so that a long one is never squeezed into a narrow column."""
     rows = [
         (
             rank,
@@ -143,12 +145,15 @@ def score_table(ranked: Sequence[SentenceScore]) -> PlainTable:
         )
         for rank, s in enumerate(ranked, 1)
     ]
-    header = ("rank", "log P (nats)", "nats/char", "bits/char", "P", "sentence")
+    one = UNIT_NAMES[unit].one
+    header = ("rank", "log P (nats)", f"nats/{one}", f"bits/{one}", "P", "sentence")
     return PlainTable(header, rows, right=range(5), title="Sentences, most likely first")
 
 
-def score_json(ranked: Sequence[SentenceScore], index: Sequence[int]) -> str:
-    """The ranked scores as a JSON list; ``index`` is each sentence's 1-based input position."""
+def score_json(ranked: Sequence[SentenceScore], index: Sequence[int], unit: str = "char") -> str:
+    """The ranked scores as a JSON list; ``index`` is each sentence's 1-based input position. A word
+    model's per-symbol fields are per word: nats_per_word, bits_per_word, tokens."""
+    u = UNIT_NAMES[unit]
 
     rows = [
         {
@@ -157,9 +162,9 @@ def score_json(ranked: Sequence[SentenceScore], index: Sequence[int]) -> str:
             "sentence": s.text,
             "log_prob_nats": _finite(s.log_prob),
             "log10_prob": _finite(s.log10_prob),
-            "nats_per_char": _finite(s.nats_per_char),
-            "bits_per_char": _finite(s.bits_per_char),
-            "chars": s.chars,
+            f"nats_per_{u.one}": _finite(s.nats_per_char),
+            f"bits_per_{u.one}": _finite(s.bits_per_char),
+            "chars" if unit == "char" else "tokens": s.chars,
             "unknown": s.unknown,
         }
         for rank, (s, i) in enumerate(zip(ranked, index, strict=True), 1)
@@ -263,23 +268,20 @@ def info_fields(info, width: int = 80) -> Fields:
     model = f"{cfg.layers}×{cfg.hidden} {cfg.cell.upper()}, embedding {cfg.embed}, dropout {cfg.dropout}"
     if cfg.cell == "lstm":  # written before the setting existed: initialised with 1 (see ModelConfig.from_dict)
         model += f", initial forget-gate bias {cfg.forget_bias:g}"
-    fields += [("model", model), ("parameters", f"{info.params:,}"), ("vocabulary", f"{info.vocab_size} characters")]
+    u = UNIT_NAMES[info.unit]
+    fields += [("model", model), ("parameters", f"{info.params:,}"), ("unit", u.one)]
+    fields.append(("vocabulary", vocabulary_text(info)))
     if info.corpus is not None:
-        c = info.corpus
-        text = f"{c.name or '?'}, {c.chars or 0:,} characters"
-        if c.val_chars:
-            text += f" ({c.val_chars:,} held out)"
-        fields.append(("corpus", text))
+        fields.append(("corpus", corpus_text(info.corpus)))
     if tr is not None:
-        fields.append(
-            ("training", f"{tr.step:,} steps, {tr.chars_seen / 1e6:.1f}M characters seen, {human_duration(tr.elapsed)}")
-        )
+        seen = f"{tr.chars_seen / 1e6:.1f}M {u.many} seen"
+        fields.append(("training", f"{tr.step:,} steps, {seen}, {human_duration(tr.elapsed)}"))
     best = info.best_val
     if math.isfinite(best):
         fields.append(
             (
                 "best validation",
-                f"{best:.4f} nats/char, {best / math.log(2):.4f} bits/char, perplexity {perplexity_text(best)} "
+                f"{best:.4f} nats/{u.one}, {best / math.log(2):.4f} bits/{u.one}, perplexity {perplexity_text(best)} "
                 f"(step {tr.best_step:,})",
             )
         )
@@ -303,17 +305,19 @@ def runs_table(infos) -> PlainTable:
             rows.append((r.path.parent, f"broken: {r.broken}", "–", "–", "–", human_duration(r.age_seconds) + " ago"))
             continue
         cfg, best = r.config, r.best_val
+        word = f", word, V={r.vocab_size:,}" if r.unit == "word" else ""
         rows.append(
             (
                 r.path.parent,
-                f"{cfg.layers}×{cfg.hidden} {cfg.cell.upper()}",
+                f"{cfg.layers}×{cfg.hidden} {cfg.cell.upper()}{word}",
                 f"{best:.4f}" if math.isfinite(best) else "–",
                 f"{best / math.log(2):.4f}" if math.isfinite(best) else "–",
                 f"{r.state.step if r.state is not None else 0:,}",
                 human_duration(r.age_seconds) + " ago",
             )
         )
-    header = ("run", "model", "best val nats/char", "bits/char", "steps", "age")
+    per = "char" if all(getattr(r, "unit", "char") == "char" for r in infos) else "unit"  # a word run: per word
+    header = ("run", "model", f"best val nats/{per}", f"bits/{per}", "steps", "age")
     return PlainTable(header, rows, right=range(2, 6), title="Runs (newest first)")
 
 
@@ -347,6 +351,8 @@ def info_json(info) -> dict:
     """``charlm info --json``: one checkpoint (a runs.RunInfo)."""
     tr, c = info.state, info.corpus
     corpus = None if c is None else {"name": c.name, "chars": c.chars, "val_chars": c.val_chars, "sha256": c.sha256}
+    if c is not None and c.tokens is not None:  # a word model's text
+        corpus.update(tokens=c.tokens, val_tokens=c.val_tokens, unknown_tokens=c.unknown_tokens)
     training = None
     if tr is not None:
         training = {
@@ -362,6 +368,7 @@ def info_json(info) -> dict:
         "model": asdict(info.config),
         "params": info.params,
         "vocab_size": info.vocab_size,
+        "unit": info.unit,
         "corpus": corpus,
         "training": training,
         "best_val": _best_val(info),
@@ -379,6 +386,7 @@ def runs_json(infos) -> list[dict]:
             "checkpoint": str(r.path),
             "broken": r.broken,
             "model": None if r.broken else asdict(r.config),
+            "unit": None if r.broken else r.unit,
             "params": None if r.broken else r.params,
             "steps": None if r.broken else r.state.step if r.state is not None else 0,
             "best_val": None if r.broken else _best_val(r),

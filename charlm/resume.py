@@ -14,7 +14,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from charlm import checkpoint, memory
-from charlm.config import TrainConfig
+from charlm.config import TrainConfig, WordConfig
 from charlm.corpus import text_form
 from charlm.errors import CheckpointError, CorpusError, UsageError
 from charlm.prepare import build_trainer
@@ -162,10 +162,12 @@ def _resume_locked(
         )
     config, changed = merge_settings(stored, given)
     config.check()  # the model config is the stored one, as it was built
-    chars = (stored.corpus.chars or 0) if stored.corpus is not None else 0  # the same text, or refused below
-    memory.check_training(stored.config, config, len(stored.vocab), chars, resuming=True)
+    c = stored.corpus  # the same text, or refused below
+    ids = ((c.tokens if c.tokens is not None else c.chars) or 0) if c is not None else 0
+    memory.check_training(stored.config, config, len(stored.vocab), ids, resuming=True)
     ckpt = checkpoint.load(where, memory_for=None)
-    trainer = build_trainer(corpus_path, folder, ckpt.config, config, callbacks, started, check_memory=False)
+    words = words_of(ckpt.vocab)
+    trainer = build_trainer(corpus_path, folder, ckpt.config, config, callbacks, started, False, words)
     check_same_text(trainer, ckpt, corpus_path)
     trainer.restore(ckpt)
     step, elapsed = state.step, state.elapsed
@@ -223,3 +225,11 @@ def check_budget_left(trainer: Trainer, given: dict, step: int, elapsed: float) 
         run=trainer.run_dir,
         steps=step,
     )
+
+
+def words_of(vocab) -> WordConfig | None:
+    """The word settings that rebuild a word model's vocabulary from its text (None: characters):
+    its size, which the text has at least as many distinct tokens as, and its case policy."""
+    if vocab.unit != "word":
+        return None
+    return WordConfig(vocab_size=len(vocab.words), lowercase=vocab.lowercase)

@@ -169,6 +169,8 @@ class RunInfo:
     corpus: CorpusFingerprint | None = None
     val_curve: list[tuple[int, float]] | None = None
     warmed_up: bool = False  # the sampler's warmed-up state is stored with it
+    unit: str = "char"  # what an id stands for: a character, or a word model's token
+    lowercase: bool | None = None  # a word model's case policy (None: a character model)
     broken = None  # readable (see BrokenRun)
 
     @property
@@ -197,7 +199,7 @@ def describe(path: Path) -> RunInfo:
     stat = path.stat()
     return RunInfo(
         path, md.config, len(md.vocab), params, stat.st_size, stat.st_mtime, md.state, md.corpus, curve,
-        md.warm_up is not None,
+        md.warm_up is not None, md.vocab.unit, getattr(md.vocab, "lowercase", None),
     )  # fmt: skip
 
 

@@ -1,4 +1,4 @@
-"""Generating text one character at a time.
+"""Generating text one character (or, for a word model, one token) at a time.
 
 At each step the model gives logits u<t> over the vocabulary; the next character
 is drawn from ŷ<t> = softmax(u<t> / τ), where the temperature τ sharpens (τ < 1)
@@ -11,6 +11,10 @@ x<t+1>.
 Sampling runs at batch 1, so it is latency-bound: the first layer's input
 projection is a precomputed (V, G·H) table, every array is allocated once, and
 the per-character loop calls NumPy a fixed, small number of times.
+
+A word model's sampler yields tokens (``charlm.words``: words, punctuation marks,
+<EOS>); the CLI prints them with ``charlm.words.Detokenizer``. ``no_unk`` gives <UNK> the
+logit −∞, and ``sentences`` ends a sample after that many sentence ends.
 """
 
 from __future__ import annotations
@@ -23,8 +27,11 @@ import numpy as np
 
 from charlm import blas
 from charlm.config import SampleConfig
+from charlm.errors import ConfigError
 from charlm.model import CharModel
 from charlm.vocab import Vocab
+from charlm.words import EOS, SentenceEnds
+from charlm.wordvocab import UNK_ID, WordVocab
 
 WARMUP_CHARS = 256  # unprinted characters of its own that an unprompted sampler reads first
 WARMUP_SEED = 0  # the same warm-up for every seed: the seed only chooses the printed text
@@ -163,6 +170,12 @@ class Sampler:
         self, model: CharModel, vocab: Vocab, config: SampleConfig = SampleConfig(), warmed: Warmed | None = None
     ) -> None:
         self.config = config.check()
+        if vocab.unit != "word" and (config.no_unk or config.unknown == "unk"):
+            setting = "no_unk" if config.no_unk else "unknown"
+            raise ConfigError(setting, "is for word models: a character model has no <UNK>. Drop it.")
+        if vocab.unit == "word" and config.stop is not None:
+            raise ConfigError("stop", "is for character models; end a word model's sample by sentences or length.")
+        self.banned = UNK_ID if config.no_unk else None  # an id never drawn: <UNK> under no_unk
         self.warmed = warmed if warmed is not None and warmed.fits(model) else None  # else warm_up runs live
         self.model = model
         self.vocab = vocab
@@ -227,7 +240,7 @@ class Sampler:
                 for part, value in zip(mine, stored, strict=True):
                     part[...] = value
             return self.warmed.first
-        newline = self.vocab.index("\n")
+        newline = self.vocab.boundary_id  # a character model's newline, a word model's <EOS>
         x = newline if newline is not None else int(np.argmax(self.dec_b))
         choose = Decoder(len(self.vocab), WARMUP, self.logits.dtype).choose
         with blas.limit(1):  # see generate
@@ -252,12 +265,17 @@ class Sampler:
         self.last = None
 
     def generate(self, length: int | None = None, first: int | None = None) -> Iterator[str]:
-        """Yield up to ``length`` (default ``config.length``) characters drawn by the decoder.
+        """Yield up to ``length`` (default ``config.length``) symbols drawn by the decoder:
+        characters, or a word model's tokens (<EOS> included; ``charlm.words.Detokenizer``
+        prints them).
 
-        ``first`` is the id fed first; by default the last character fed or
+        ``first`` is the id fed first; by default the last symbol fed or
         generated, else (nothing fed since a reset) what ``warm_up`` returns. With
         ``config.stop``, generation ends as soon as the generated characters end with
-        it (the stop string is yielded too).
+        it (the stop string is yielded too); with ``config.sentences``, after that many
+        sentence ends (<EOS>, or for characters the rule of ``charlm.words.SentenceEnds``).
+        With ``config.no_unk`` <UNK> is never drawn: its logit is −∞, so the draw is the one
+        that drawing again until a token other than <UNK> comes would give.
 
         The uniform numbers come DRAW_CHUNK at a time from a copy of the sampler's
         generator, and the generator itself moves on by ``length`` numbers at once:
@@ -276,13 +294,19 @@ class Sampler:
         stop = self.config.stop
         n_stop = len(stop) if stop else 0
         tail = ""
+        banned = self.banned
+        sentences_left = self.config.sentences
+        ends = None if sentences_left is None else (_is_eos if isinstance(self.vocab, WordVocab) else SentenceEnds())
         # One BLAS thread per product: at batch 1 a second thread gains little, and next to a busy
         # process it slows sampling down many times. Set once per call, not per character; the limit
         # holds for the whole process, also while the generator waits at a yield, until it ends or is closed.
         with blas.limit(1):
             for start in range(0, length, DRAW_CHUNK):
                 for u in rng.random(min(DRAW_CHUNK, length - start)).tolist():
-                    x = choose(self.logits_after(x), u)
+                    logits = self.logits_after(x)
+                    if banned is not None:
+                        logits[banned] = -np.inf
+                    x = choose(logits, u)
                     self.last = x  # a later call continues the text from here
                     ch = chars[x]
                     yield ch
@@ -290,3 +314,11 @@ class Sampler:
                         tail = (tail + ch)[-n_stop:]
                         if tail == stop:
                             return
+                    if ends is not None and ends(ch):
+                        sentences_left -= 1
+                        if sentences_left == 0:
+                            return
+
+
+def _is_eos(token: str) -> bool:
+    return token == EOS

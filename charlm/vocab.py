@@ -78,6 +78,8 @@ class EncodeResult:
 class Vocab:
     """A fixed, ordered set of characters."""
 
+    unit = "char"
+
     def __init__(self, chars: str) -> None:
         cps = np.sort(code_points(chars))  # not np.unique: it imports numpy.ma, 25 ms of start-up
         if cps.size > 1 and not (cps[1:] > cps[:-1]).all():
@@ -108,6 +110,11 @@ class Vocab:
 
     def __contains__(self, ch: str) -> bool:
         return self.index(ch) is not None
+
+    @property
+    def boundary_id(self) -> int | None:
+        """The id a line (so a sentence on its own) starts after: the newline, None without one."""
+        return self.index("\n")
 
     def index(self, ch: str) -> int | None:
         cp = ord(ch)

@@ -233,3 +233,22 @@ def test_user_command_shows_no_absolute_paths(tmp_path):
     )
     assert line == "python benchmarks/x.py --runs '<folder>' '--json=<file>' --minutes 30 rel/x.txt"
     assert str(tmp_path) not in line
+
+
+def test_word_compare_charlm_side_and_summary(tmp_path):
+    """benchmarks/word_compare.py without PyTorch: charlm's tokens of a small text, one timed window
+    of charlm's side on them, and the goal arithmetic of a summary."""
+    import word_compare as wc
+
+    text = tmp_path / "t.txt"
+    text.write_text("The cat sat on the mat. A dog ran in the park!\n\n" * 400, encoding="utf-8")
+    tokens = wc.prepare_tokens(str(text), 10, tmp_path)
+    assert tokens["vocab"] == 12 and tokens["tokens"] == 400 * 16
+    r = wc.charlm_side(tmp_path, "train", 1, 0.01, 10)
+    assert len(r["rates"]) == 1 and r["rates"][0] > 0 and r["peak_rss_mb"] > 0
+    runs = {
+        side: {"train": [{"median": m, "peak_rss_mb": rss}]}
+        for side, m, rss in (("charlm", 3.0, 50), ("pytorch", 2.0, 100))
+    }
+    train, rss = wc.summarize("train", runs), wc.summarize("rss", runs)
+    assert (train["ratio"], train["met"], rss["ratio"], rss["met"]) == (1.5, True, 0.5, True)

@@ -44,3 +44,14 @@ def test_scatter_rows_is_the_adjoint_of_a_gather():
     expect = np.zeros((7, 3))
     np.add.at(expect, ids, g)
     assert np.allclose(scatter_rows(ids, g, 7), expect)
+
+
+@pytest.mark.parametrize(("rows", "N"), [(7, 40), (500, 40), (500, 1), (500, 0)])
+def test_scatter_rows_both_ways(rows, N):
+    """A one-hot GEMM up to N rows, a sort and np.add.reduceat beyond (a word vocabulary): the same sums."""
+    rng = np.random.default_rng(rows + N)
+    ids = rng.integers(0, rows, N)
+    g = rng.standard_normal((N, 3))
+    expect = np.zeros((rows, 3))
+    np.add.at(expect, ids, g)
+    np.testing.assert_allclose(scatter_rows(ids, g, rows), expect, rtol=1e-12, atol=1e-12)

@@ -153,6 +153,7 @@ INFO_FIELDS = {
     "model",
     "params",
     "vocab_size",
+    "unit",  # char, or word for a word model
     "corpus",
     "training",
     "best_val",
@@ -165,6 +166,7 @@ RUNS_FIELDS = {
     "broken",
     "model",
     "params",
+    "unit",
     "steps",
     "best_val",
     "corpus",

@@ -28,9 +28,33 @@ def sample(
     checkpoint: CheckpointOption = None,
     model_name: ModelOption = None,
     length: Annotated[
-        int,
-        typer.Option("--length", "-n", help="Characters to generate per sample, not counting the prime; 0 to 10^15."),
-    ] = 200,
+        int | None,
+        typer.Option(
+            "--length",
+            "-n",
+            help="Characters to generate per sample, not counting the prime; 0 to 10^15. For a word model, tokens: "
+            "words, numbers, punctuation marks and sentence ends (<EOS>). Default: 200; with --sentences, up to "
+            "1,000 tokens or 10,000 characters per sentence.",
+            show_default=False,
+        ),
+    ] = None,
+    sentences: Annotated[
+        int | None,
+        typer.Option(
+            "--sentences",
+            metavar="N",
+            help="End each sample after N sentences, N ≥ 1: for a word model N <EOS> tokens, for a character "
+            "model N sentence ends (. ! or ? before a space or line break, or a blank line). --length still caps it.",
+        ),
+    ] = None,
+    no_unk: Annotated[
+        bool,
+        typer.Option(
+            "--no-unk",
+            help="Word models: never print <UNK>; whenever it would be drawn, the draw is made again among the "
+            "other tokens (the notes' remedy).",
+        ),
+    ] = False,
     temperature: Annotated[
         float,
         typer.Option(
@@ -67,13 +91,16 @@ def sample(
         typer.Option("--prime-file", metavar="PATH", help="Start from the text of this file instead of --prime."),
     ] = None,
     unknown: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--unknown",
-            help="Prime characters the model has never seen: error (stop and list them) or skip (drop them, "
-            "with a notice on stderr; the prime is printed without them).",
+            help="Prime characters or words the model has never seen: error (stop and list them), skip (drop "
+            "them, with a notice on stderr; a character model's prime is printed without them) or, for word models, "
+            "unk (read them as <UNK>, with a notice on stderr). Default: unk for a word model, error for a character "
+            "model.",
+            show_default=False,
         ),
-    ] = "error",
+    ] = None,
     seed: Annotated[
         int | None, typer.Option(min=0, help="Random seed: the same seed gives the same text, byte for byte.")
     ] = None,
@@ -97,6 +124,9 @@ def sample(
 ) -> None:
     """Generate text from a trained model; the text streams to stdout as it is generated.
 
+    A word model (trained with --unit word) samples token by token and prints one
+    sentence per line, punctuation attached, sentence starts capitalised.
+
     The controls compose, in this order: --temperature reshapes the distribution,
     --top-k and then --top-p cut off its tail, and the next character is drawn
     from what is left. Only the text goes to stdout (notices go to stderr), so
@@ -110,21 +140,33 @@ def sample(
     from charlm.sample import Sampler
 
     config = SampleConfig(
-        length=length,
+        length=200 if length is None else length,
         temperature=temperature,
         top_k=top_k,
         top_p=top_p,
         seed=seed,
         stop=None if stop is None else unescape(stop),
         num_samples=num_samples,
-        unknown=unknown,
+        unknown="error" if unknown is None else unknown,
+        sentences=sentences,
+        no_unk=no_unk,
     ).check()
     prime, label = _prime_text(prime, prime_file)
     ckpt = load(checkpoint_path(checkpoint, model_name), with_extra=False)  # weights and warmed state only
+    words = ckpt.vocab.unit == "word"
+    if unknown is None and words:
+        config = replace(config, unknown="unk")
+    if length is None and sentences is not None:  # a cap, so that a model that never ends a sentence stops
+        config = replace(config, length=sentences * (1_000 if words else 10_000))
     form = text_form(ckpt.corpus)  # the prime is read as the model's training text was
     prime = form.apply(prime)
     if config.stop is not None:
         config = replace(config, stop=form.apply(config.stop))
+    sampler = Sampler(ckpt.build_model(), ckpt.vocab, config, ckpt.warmed)  # refuses word options for characters
+    if words:
+        ids = _encode_word_prime(ckpt.vocab, prime, label, config.unknown)
+        _write_samples(sampler, ids, prime, _detokenizer(ckpt.vocab, prime, ids))
+        return
     ids, prime = _encode_prime(ckpt.vocab, prime, label, config.unknown)
     if config.stop is not None and any(ch not in ckpt.vocab for ch in config.stop):
         missing = {ch: 1 for ch in config.stop if ch not in ckpt.vocab}
@@ -133,7 +175,7 @@ def sample(
             "every sample runs to --length.",
             markup=False,
         )
-    _write_samples(Sampler(ckpt.build_model(), ckpt.vocab, config, ckpt.warmed), ids, prime)
+    _write_samples(sampler, ids, prime)
 
 
 def _prime_text(prime: str, prime_file: Path | None) -> tuple[str, str]:
@@ -163,9 +205,44 @@ def _encode_prime(vocab, prime: str, label: str, unknown: str):
     return enc.ids, vocab.decode(enc.ids)
 
 
-def _write_samples(sampler, ids, prime: str) -> None:
+def _encode_word_prime(vocab, prime: str, label: str, unknown: str):
+    """A word model's prime as ids (its last sentence left open, to be continued): words the
+    model does not know are read as <UNK> under --unknown unk, dropped under skip (said on
+    stderr either way), refused under error. The prime is printed as given."""
+    from charlm.wordvocab import UNK_ID, describe_words
+
+    enc = vocab.encode(prime, unknown="unk", end=False)
+    if not enc.unknown:
+        return enc.ids
+    listed = describe_words(enc.unknown)
+    if unknown == "error":
+        raise CharlmError(
+            f"{label}: {enc.unknown_count} word(s) not in the model's vocabulary: {listed}. Remove them, or use "
+            "--unknown unk to read them as <UNK> or --unknown skip to drop them."
+        )
+    if unknown == "skip":
+        err.print(
+            f"notice: dropped {enc.unknown_count} word(s) of the prime the model does not know: {listed}.", markup=False
+        )
+        return enc.ids[enc.ids != UNK_ID]
+    err.print(f"notice: read {enc.unknown_count} word(s) of the prime as <UNK>: {listed}.", markup=False)
+    return enc.ids
+
+
+def _detokenizer(vocab, prime: str, ids):
+    """A new Detokenizer per sample that prints a word model's tokens after ``prime``: a
+    capital after a finished sentence (of a lower-cased model), a space unless the prime
+    ends with whitespace."""
+    from charlm.words import Detokenizer
+
+    ended = len(ids) == 0 or int(ids[-1]) == vocab.boundary_id
+    return lambda: Detokenizer(vocab.lowercase, at_start=ended, no_space=not prime or prime[-1].isspace())
+
+
+def _write_samples(sampler, ids, prime: str, detokenizer=None) -> None:
     """Each sample to stdout as it is generated: the prime, then its continuation;
-    with several, each under a '--- sample K ---' line, one blank line apart."""
+    with several, each under a '--- sample K ---' line, one blank line apart.
+    ``detokenizer``: makes a word model's Detokenizer, which prints its tokens."""
     num_samples = sampler.config.num_samples
     stream = sys.stdout
     flush_each = stream.isatty()
@@ -178,10 +255,13 @@ def _write_samples(sampler, ids, prime: str) -> None:
         sampler.feed(ids)
         stream.write(prime)
         tail = prime[-2:]
-        for ch in sampler.generate():
+        pieces = sampler.generate()
+        if detokenizer is not None:
+            pieces = map(detokenizer().piece, pieces)
+        for ch in pieces:
             stream.write(ch)
             tail = (tail + ch)[-2:]
-            if flush_each or ch == "\n":  # a terminal sees each character, a pipe or file each line
+            if flush_each or ch.endswith("\n"):  # a terminal sees each character, a pipe or file each line
                 stream.flush()
     if flush_each:
         stream.write("\n")

@@ -6,6 +6,7 @@ import math
 
 from rich.console import Console
 
+from charlm.config import UNIT_NAMES
 from charlm.train import Callbacks, Trainer, TrainSummary
 
 
@@ -17,6 +18,7 @@ class TrainingDisplay(Callbacks):
         self.notices = notices  # print the notices of preparing the run
         self.bar = None
         self.val = math.nan
+        self.unit = UNIT_NAMES["char"]  # set from the trainer's vocabulary at the start
 
     def on_notice(self, text: str) -> None:
         if self.notices:
@@ -24,6 +26,7 @@ class TrainingDisplay(Callbacks):
 
     def on_start(self, trainer: Trainer) -> None:
         m, c = trainer.model, trainer.config
+        self.unit = UNIT_NAMES[trainer.vocab.unit]
         budget = []
         if c.steps is not None:
             budget.append(f"{c.steps:,} steps")
@@ -40,7 +43,7 @@ class TrainingDisplay(Callbacks):
         self.console.print(
             f"training a {m.config.layers}×{m.config.hidden} {m.config.cell.upper()} "
             f"({m.num_params:,} parameters, vocabulary {m.config.vocab_size}) on "
-            f"{len(trainer.stream.ids):,} characters, validating on {held_out}; "
+            f"{len(trainer.stream.ids):,} {self.unit.many}, validating on {held_out}; "
             f"budget {' or '.join(budget)}; run folder {trainer.run_dir}"
         )
         if self.interactive:
@@ -66,7 +69,7 @@ class TrainingDisplay(Callbacks):
             self.bar.set_postfix(
                 loss=f"{loss:.3f}",
                 val=f"{self.val:.3f}",
-                chars_s=f"{rate * trainer.chars_per_step:,.0f}",
+                **{f"{self.unit.short}_s": f"{rate * trainer.chars_per_step:,.0f}"},
                 refresh=False,
             )
 
@@ -74,8 +77,8 @@ class TrainingDisplay(Callbacks):
         self.val = record["val_loss"]
         line = (
             f"step {record['step']:>7,}  epoch {record['epoch']:6.2f}  train {record['train_loss']:.4f}  "
-            f"val {record['val_loss']:.4f} nats/char  lr {record['lr']:.2e}  "
-            f"{record['chars_per_s']:,.0f} chars/s  {record['elapsed']:.0f}s"
+            f"val {record['val_loss']:.4f} nats/{self.unit.one}  lr {record['lr']:.2e}  "
+            f"{record['chars_per_s']:,.0f} {self.unit.short}/s  {record['elapsed']:.0f}s"
         )
         self._say(line)
 
@@ -92,7 +95,8 @@ class TrainingDisplay(Callbacks):
     def on_final(self, trainer: Trainer, record: dict) -> None:
         line = (
             f"step {record['step']:>7,}  best weights (step {record['best_step']:,}) on all "
-            f"{len(trainer.validation.val_ids):,} held-out characters: val {record['best_val_loss']:.4f} nats/char  "
+            f"{len(trainer.validation.val_ids):,} held-out {self.unit.many}: val {record['best_val_loss']:.4f} "
+            f"nats/{self.unit.one}  "
             f"{record['elapsed']:.0f}s"
         )
         self._say(line)

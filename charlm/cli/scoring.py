@@ -71,6 +71,11 @@ def perplexity(
     ckpt = load(path)
     form = text_form(ckpt.corpus)
     source, label = (sys.stdin.buffer, "standard input") if file == "-" else (resolve(file)[0], file)
+    if ckpt.vocab.unit == "word":
+        if show:
+            raise UsageError("--show colours characters; a word model scores words. Drop --show.")
+        _word_perplexity(ckpt, source, label, encoding, errors, form, path, as_json)
+        return
     if show:  # the heat map needs the text itself
         text = "".join(iter_text(source, label, encoding, errors, form=form))
         enc = ckpt.vocab.encode(text, unknown="skip")
@@ -93,6 +98,32 @@ def perplexity(
         print_json(perplexity_json(result, path))
     else:
         _print_score(result)
+
+
+def _word_perplexity(ckpt, source, label, encoding, errors, form, path, as_json: bool) -> None:
+    """A word model's figures on a text: per word, its OOV rate, and per character of the text."""
+    from charlm.evaluate import score_ids
+    from charlm.wordcorpus import encode_word_stream
+    from charlm.wordreport import word_perplexity_json, word_perplexity_lines
+    from charlm.wordvocab import describe_words
+
+    text = encode_word_stream(source, ckpt.vocab, label, encoding, errors, form=form, progress=sys.stderr.isatty())
+    if text.tokens < 1:
+        raise CharlmError(f"{label}: no words in it; nothing to score.")
+    if text.unknown:
+        err.print(
+            f"notice: read {text.unknown_count:,} token(s) the model does not know as <UNK>: "
+            f"{describe_words(text.unknown, 5)}",
+            markup=False,
+        )
+    result = score_ids(ckpt.build_model(), text.ids, unknown=text.unknown_count)
+    if as_json:
+        from charlm.cli.output import print_json
+
+        print_json(word_perplexity_json(result, text.chars, path))
+    else:
+        for line in word_perplexity_lines(result, text.chars):
+            out.print(line, markup=False, highlight=False)
 
 
 def _say_skipped(unknown) -> None:
@@ -157,13 +188,16 @@ def score(
     checkpoint: CheckpointOption = None,
     model_name: ModelOption = None,
     unknown: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--unknown",
-            help="Characters the model has never seen: error (stop and list them) or skip (leave them out, "
-            "neither scored nor fed, with a notice on stderr).",
+            help="Characters or words the model has never seen: error (stop and list them), skip (leave them out, "
+            "neither scored nor fed, with a notice on stderr) or, for word models, unk (score them as <UNK>, and "
+            "name the sentences that have them on stderr). Default: unk for a word model, error for a character "
+            "model.",
+            show_default=False,
         ),
-    ] = "error",
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print a JSON list, most likely first, instead of a table.")
     ] = False,
@@ -178,6 +212,11 @@ def score(
     charlm score -m news "The apple and pear salad." "The apple and pair salad."
     A model knows only its corpus: the news corpus has pair and never pear, so
     the news model prefers pair.
+
+    A word model is fed <EOS> first and scores each token of the sentence and the
+    <EOS> that ends it, ln P(sentence) = Σ ln P(next token | the ones before); the
+    table is then per word, and a word outside its vocabulary is scored as <UNK>
+    (the sentences with such words are named on stderr).
     """
     from collections import Counter
 
@@ -187,22 +226,42 @@ def score(
     from charlm.evaluate import UnknownCharacters, score_sentences
     from charlm.report import score_json, score_table
 
-    check_unknown_policy(unknown)
+    if unknown is not None:
+        check_unknown_policy(unknown)
     texts = _sentences(sentences or [], file)
     ckpt = load(checkpoint_path(checkpoint, model_name))
+    words = ckpt.vocab.unit == "word"
+    unknown = unknown or ("unk" if words else "error")
     texts = [text_form(ckpt.corpus).apply(t) for t in texts]  # read as the model's training text was
     try:
         scores = score_sentences(ckpt.build_model(), ckpt.vocab, texts, unknown=unknown)
     except UnknownCharacters as e:
-        raise CharlmError(f"{e.what}. Remove them, or use --unknown skip to drop them.") from None
-    if any(s.unknown for s in scores):
+        advice = "--unknown unk to score them as <UNK> or --unknown skip" if words else "--unknown skip"
+        raise CharlmError(f"{e.what}. Remove them, or use {advice} to drop them.") from None
+    if words:
+        _name_unknown_words(ckpt.vocab, texts, unknown)
+    elif any(s.unknown for s in scores):
         _say_skipped(sum((ckpt.vocab.encode(t, unknown="skip").unknown for t in texts), Counter()))
     order = sorted(range(len(scores)), key=lambda i: scores[i].nats)
     ranked = [scores[i] for i in order]
     if as_json:
-        sys.stdout.write(score_json(ranked, [i + 1 for i in order]) + "\n")
+        sys.stdout.write(score_json(ranked, [i + 1 for i in order], ckpt.vocab.unit) + "\n")
     else:
-        out.print(score_table(ranked))
+        out.print(score_table(ranked, ckpt.vocab.unit))
+
+
+def _name_unknown_words(vocab, texts: list[str], unknown: str) -> None:
+    """One line on stderr per sentence with words outside a word model's vocabulary."""
+    from charlm.wordvocab import describe_words
+
+    done = "scored as <UNK>" if unknown == "unk" else "left out"
+    for i, text in enumerate(texts, 1):
+        missing = vocab.encode(text).unknown
+        if missing:
+            err.print(
+                f"notice: sentence {i} has words the model does not know, {done}: {describe_words(missing)}",
+                markup=False,
+            )
 
 
 def _sentences(given: list[str], file: str | None) -> list[str]:

@@ -9,11 +9,11 @@ import typer
 from typer.core import TyperCommand
 
 from charlm.cli.common import DEFAULT_MINUTES, app, err, flag, out, user_errors, warn_threads_over_cores
-from charlm.config import MAX_LAYERS, MAX_WIDTH
+from charlm.config import MAX_LAYERS, MAX_WIDTH, UNIT_NAMES, UNITS, WORD_DEFAULTS
 from charlm.errors import UsageError, WorkerError
 
 if TYPE_CHECKING:  # imported lazily, so that --help stays instant
-    from charlm.config import ModelConfig, TrainConfig
+    from charlm.config import ModelConfig, TrainConfig, WordConfig
     from charlm.train import Trainer
 
 # --------------------------------------------------------------------------- #
@@ -47,6 +47,35 @@ def train(
         str | None, typer.Option(help="Run name: checkpoints go to OUT/NAME. Default: the corpus name, made unique.")
     ] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Folder that holds the run folders.")] = Path("runs"),
+    unit: Annotated[
+        str,
+        typer.Option(
+            help="What the model reads and predicts: char (characters) or word (the lecture notes' word-level "
+            "model: words, numbers and punctuation marks are tokens, <UNK> stands for every word outside the "
+            "vocabulary and <EOS> ends each sentence; see the README). A word model's defaults: --embed 256 "
+            "--hidden 256 --seq-len 35 --batch-size 32 --val-chars 50000 (tokens), unless given; they are not yet "
+            "chosen by measurement. Recorded in the checkpoint, so sample, score, perplexity and --resume need "
+            "no flag."
+        ),
+    ] = "char",
+    vocab_size: Annotated[
+        int | None,
+        typer.Option(
+            "--vocab-size",
+            help="Word models: keep the N most frequent tokens of the corpus (ties in code-point order), plus "
+            "<UNK> and <EOS>; 1 to 65,534 (ids are 16-bit). Above the corpus's distinct tokens, all of them are "
+            "kept, with a notice. Default: 10,000.",
+        ),
+    ] = None,
+    lowercase: Annotated[
+        bool | None,
+        typer.Option(
+            "--lowercase/--no-lowercase",
+            help="Word models: lower-case the text before it is split into tokens, so The and the are one word "
+            "(as in the notes' vocabulary); sample capitalises sentence starts again. Default: on.",
+            show_default=False,
+        ),
+    ] = None,
     cell: Annotated[
         str,
         typer.Option(
@@ -56,7 +85,9 @@ def train(
     ] = "lstm",
     layers: Annotated[int, typer.Option(min=1, max=MAX_LAYERS, help="Stacked recurrent layers.")] = 2,
     hidden: Annotated[int, typer.Option(min=1, max=MAX_WIDTH, help="Hidden units per layer (H).")] = 256,
-    embed: Annotated[int, typer.Option(min=1, max=MAX_WIDTH, help="Character embedding width (E).")] = 64,
+    embed: Annotated[
+        int, typer.Option(min=1, max=MAX_WIDTH, help="Embedding width (E) of a character or a word.")
+    ] = 64,
     dropout: Annotated[
         float,
         typer.Option(
@@ -73,7 +104,10 @@ def train(
     ] = 0.0,
     batch_size: Annotated[int, typer.Option(min=1, help="Parallel streams per batch (B).")] = 32,
     seq_len: Annotated[
-        int, typer.Option(min=1, help="Characters of back-propagation through time per batch (T).")
+        int,
+        typer.Option(
+            min=1, help="Characters (tokens for a word model) of back-propagation through time per batch (T)."
+        ),
     ] = 64,
     lr: Annotated[
         float, typer.Option(help="Peak Adam learning rate, > 0; it warms up and decays to 10% by the end.")
@@ -87,8 +121,8 @@ def train(
         int,
         typer.Option(
             min=0,
-            help="Validate on at most this many characters from the start of the held-out text (0 = all), "
-            "so validation stays quick on a large corpus.",
+            help="Validate on at most this many characters (tokens for a word model) from the start of the held-out "
+            "text (0 = all), so validation stays quick on a large corpus.",
         ),
     ] = 500_000,
     eval_every: Annotated[
@@ -149,6 +183,9 @@ def train(
 ) -> None:
     """Train a model on a text file; checkpoints go to runs/NAME/.
 
+    --unit word trains the lecture notes' word-level model instead: tokens, <UNK> for
+    words outside the --vocab-size most frequent, <EOS> at sentence ends (see the README).
+
     Ctrl-C (or SIGTERM) stops after the current step, saves last.safetensors and
     prints the command that resumes the run (exit code 130, or 143 for SIGTERM).
     A worker process (--threads) that does not answer within 20 times the slowest
@@ -157,6 +194,15 @@ def train(
     """
     from charlm.config import ModelConfig, TrainConfig
     from charlm.corpora import resolve
+
+    words = _word_settings(ctx, unit, vocab_size, lowercase, resume is not None)
+    if words is not None:  # the word model's defaults, where no value was given
+        chosen = {
+            k: v if ctx.get_parameter_source(k).name == "DEFAULT" else ctx.params[k] for k, v in WORD_DEFAULTS.items()
+        }
+        embed, hidden, seq_len, batch_size, val_chars = (
+            chosen[k] for k in ("embed", "hidden", "seq_len", "batch_size", "val_chars")
+        )
 
     model_config = ModelConfig(0, cell, embed, hidden, layers, dropout, forget_bias)
     config = TrainConfig(
@@ -184,7 +230,7 @@ def train(
     if resume is not None:
         trainer = _resume(ctx, resume, name, out_dir, path, started)
     else:
-        trainer = _new_run(path, stem, name, out_dir, model_config, config, started)
+        trainer = _new_run(path, stem, name, out_dir, model_config, config, started, words)
     warn_threads_over_cores(threads)
     try:
         summary = trainer.run()
@@ -192,7 +238,7 @@ def train(
         if e.kind == "worker_lost":
             e.details.update(corpus=shlex.quote(corpus), run_dir=shlex.quote(str(e.details["run_dir"])))
         raise
-    _report_training(summary, corpus)
+    _report_training(summary, corpus, trainer.vocab.unit)
 
 
 def _new_run(
@@ -203,8 +249,10 @@ def _new_run(
     model_config: "ModelConfig",
     config: "TrainConfig",
     started: float,
+    words: "WordConfig | None" = None,
 ) -> "Trainer":
-    """The Trainer of a new run in OUT/NAME; with no budget given, DEFAULT_MINUTES."""
+    """The Trainer of a new run in OUT/NAME; with no budget given, DEFAULT_MINUTES. ``words``: a word model's
+    vocabulary settings (None: a character model)."""
     from dataclasses import replace
 
     from charlm.cli.progress import TrainingDisplay
@@ -214,6 +262,8 @@ def _new_run(
 
     model_config.check()
     config.check()
+    if words is not None:
+        words.check()
     if config.steps is None and config.epochs is None and config.minutes is None:
         config = replace(config, minutes=DEFAULT_MINUTES)
     if name is not None and (not name.strip() or name in (".", "..") or any(c in name for c in "/\\")):
@@ -223,7 +273,7 @@ def _new_run(
     if name:
         folder.refuse_overwrite()  # before the corpus is read; prepare_run checks again under the lock
     display = TrainingDisplay(err, show_reading=sys.stderr.isatty(), notices=True)
-    return prepare_run(path, folder, model_config, config, display, started)
+    return prepare_run(path, folder, model_config, config, display, started, words)
 
 
 def _resume(ctx: typer.Context, resume: str, name: str | None, out_dir: Path, path: Path, started: float) -> "Trainer":
@@ -244,7 +294,7 @@ def _resume(ctx: typer.Context, resume: str, name: str | None, out_dir: Path, pa
     return trainer
 
 
-def _report_training(summary, corpus: str) -> None:
+def _report_training(summary, corpus: str, unit: str = "char") -> None:
     """The end-of-run summary on stdout; after a signal, the resume command on stderr and exit 128 + signal."""
     from charlm.report import human_duration, perplexity_text
 
@@ -253,16 +303,60 @@ def _report_training(summary, corpus: str) -> None:
         err.print(f"interrupted at step {summary.steps}; resume with: {command}", markup=False)
         raise typer.Exit(128 + summary.interrupted)
     best = summary.run_dir / "best.safetensors"
-    on = f" on all {summary.val_chars:,} held-out characters" if summary.val_chars else ""
+    u = UNIT_NAMES[unit]
+    on = f" on all {summary.val_chars:,} held-out {u.many}" if summary.val_chars else ""
     out.print(
-        f"best validation loss {summary.best_val:.4f} nats/char ({summary.best_val_bits:.4f} bits/char, "
+        f"best validation loss {summary.best_val:.4f} nats/{u.one} ({summary.best_val_bits:.4f} bits/{u.one}, "
         f"perplexity {perplexity_text(summary.best_val)}) at step {summary.best_step:,}{on}"
     )
     share = summary.train_seconds / summary.elapsed if summary.elapsed > 0 else 0.0
     out.print(
-        f"trained {summary.steps:,} step{'' if summary.steps == 1 else 's'} ({summary.chars_seen / 1e6:.1f}M characters) in "
-        f"{human_duration(summary.elapsed)}, {share:.0%} of it in training steps at "
-        f"{summary.chars_seen / max(summary.train_seconds, 1e-9):,.0f} chars/s"
+        f"trained {summary.steps:,} step{'' if summary.steps == 1 else 's'} ({summary.chars_seen / 1e6:.1f}M {u.many}) "
+        f"in {human_duration(summary.elapsed)}, {share:.0%} of it in training steps at "
+        f"{summary.chars_seen / max(summary.train_seconds, 1e-9):,.0f} {u.short}/s"
     )
     out.print(f"checkpoint: {best}")
     out.print(f"sample from it: charlm sample --checkpoint {best}")
+
+
+def _word_settings(
+    ctx: typer.Context, unit: str, vocab_size: int | None, lowercase: bool | None, resuming: bool
+) -> "WordConfig | None":
+    """The word model's vocabulary settings (None: a character model); the word options are
+    refused with a character model, and with --resume (a resumed run keeps its own)."""
+    from charlm.config import WordConfig
+
+    if ctx.get_parameter_source("lowercase").name == "DEFAULT":  # not given (a flag pair's default may read False)
+        lowercase = None
+    if resuming:
+        given = [
+            f
+            for k, f in (("unit", "--unit"), ("vocab_size", "--vocab-size"), ("lowercase", "--lowercase"))
+            if ctx.get_parameter_source(k).name != "DEFAULT"
+        ]
+        if given:
+            raise UsageError(
+                f"{'/'.join(given)} cannot be combined with --resume: a resumed run keeps its unit and vocabulary, "
+                "which its checkpoint records. Drop it."
+            )
+        return None
+    if unit not in UNITS:
+        raise UsageError(f"--unit {unit!r}: choose char (characters) or word (words, <UNK> and <EOS>).")
+    if unit == "word":
+        defaults = WordConfig()
+        return WordConfig(
+            defaults.vocab_size if vocab_size is None else vocab_size,
+            defaults.lowercase if lowercase is None else lowercase,
+        ).check()
+    if vocab_size is not None:
+        raise UsageError(
+            "--vocab-size is for word models (--unit word); a character model's vocabulary is every character "
+            "of its text. Drop it, or add --unit word."
+        )
+    if lowercase is not None:
+        flag_given = "--lowercase" if lowercase else "--no-lowercase"
+        raise UsageError(
+            f"{flag_given} is for word models (--unit word); a character model keeps its text as it is. "
+            "Drop it, or add --unit word."
+        )
+    return None
