@@ -116,7 +116,7 @@ def _word_perplexity(ckpt, source, label, encoding, errors, form, path, as_json:
             f"{describe_words(text.unknown, 5)}",
             markup=False,
         )
-    result = score_ids(ckpt.build_model(), text.ids, unknown=text.unknown_count)
+    result = score_ids(ckpt.build_model(), text.ids, unknown=text.unknown_count, parallel=True)
     if as_json:
         from charlm.cli.output import print_json
 
