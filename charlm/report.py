@@ -248,6 +248,11 @@ def sparkline(values: Sequence[float], width: int = 60) -> str:
     return "".join(out)
 
 
+def human_count(n: int) -> str:
+    """A count for people: 45,056 below a million, 7.7M above."""
+    return f"{n:,}" if n < 1_000_000 else f"{n / 1e6:.1f}M"
+
+
 def human_duration(seconds: float) -> str:
     seconds = max(0.0, float(seconds))
     if seconds < 60:
@@ -274,7 +279,7 @@ def info_fields(info, width: int = 80) -> Fields:
     if info.corpus is not None:
         fields.append(("corpus", corpus_text(info.corpus)))
     if tr is not None:
-        seen = f"{tr.chars_seen / 1e6:.1f}M {u.many} seen"
+        seen = f"{human_count(tr.chars_seen)} {u.many} seen"
         fields.append(("training", f"{tr.step:,} steps, {seen}, {human_duration(tr.elapsed)}"))
     best = info.best_val
     if math.isfinite(best):

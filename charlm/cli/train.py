@@ -296,7 +296,7 @@ def _resume(ctx: typer.Context, resume: str, name: str | None, out_dir: Path, pa
 
 def _report_training(summary, corpus: str, unit: str = "char") -> None:
     """The end-of-run summary on stdout; after a signal, the resume command on stderr and exit 128 + signal."""
-    from charlm.report import human_duration, perplexity_text
+    from charlm.report import human_count, human_duration, perplexity_text
 
     if summary.interrupted is not None:
         command = f"charlm train {shlex.quote(corpus)} --resume {shlex.quote(str(summary.run_dir))}"
@@ -311,7 +311,7 @@ def _report_training(summary, corpus: str, unit: str = "char") -> None:
     )
     share = summary.train_seconds / summary.elapsed if summary.elapsed > 0 else 0.0
     out.print(
-        f"trained {summary.steps:,} step{'' if summary.steps == 1 else 's'} ({summary.chars_seen / 1e6:.1f}M {u.many}) "
+        f"trained {summary.steps:,} step{'' if summary.steps == 1 else 's'} ({human_count(summary.chars_seen)} {u.many}) "
         f"in {human_duration(summary.elapsed)}, {share:.0%} of it in training steps at "
         f"{summary.chars_seen / max(summary.train_seconds, 1e-9):,.0f} {u.short}/s"
     )
