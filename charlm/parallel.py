@@ -142,16 +142,22 @@ class DataParallel:
     # -- the gradient ---------------------------------------------------------
 
     def loss_and_grads(
-        self, ids: np.ndarray, targets: np.ndarray, state: State, rng: np.random.Generator | None = None
+        self,
+        ids: np.ndarray,
+        targets: np.ndarray,
+        state: State,
+        rng: np.random.Generator | None = None,
+        dropout_masks: list[np.ndarray] | None = None,
     ) -> tuple[float, State]:
         """``CharModel.loss_and_grads`` of the whole batch. The dropout masks are drawn
         for the whole batch before it is split, so they are the serial run's draws; a
-        step lost with a worker (WorkerError) leaves ``rng`` as it was."""
+        step lost with a worker (WorkerError) leaves ``rng`` as it was. ``dropout_masks``
+        (T, B, H) per layer: drawn already (``rng`` is then not used)."""
         T, B = ids.shape
         blocks = row_blocks(B, min(self.workers, B))
         drawn_from = rng.bit_generator.state if rng is not None and len(blocks) > 1 else None
-        masks = None
-        if self.model.config.dropout > 0.0 and rng is not None:
+        masks = dropout_masks
+        if masks is None and self.model.config.dropout > 0.0 and rng is not None:
             masks = self.model.draw_dropout_masks(rng, T, B)  # (T, B, H) per layer, same draws as serial
         if len(blocks) == 1:
             return self.model.loss_and_grads(ids, targets, state, rng=rng, dropout_masks=masks)
