@@ -197,8 +197,8 @@ class Trainer:
         window_loss, window_steps, window_t = 0.0, 0, time.perf_counter()
         loss = math.nan
         while True:
-            # a stop signal seen by any rank, and rank 0's plan: every rank takes the same steps
-            self.stop_signal, plan = self.session.agree(self._plan_step, self.stop_signal)
+            signal, plan = self.session.agree(self._plan_step, self.stop_signal)  # any rank's signal, rank 0's plan
+            self.stop_signal = self.stop_signal if signal is None else signal  # one caught during agree() is kept
             if plan is None:
                 break
             progress, last, self.total_steps = plan

@@ -190,7 +190,8 @@ def test_two_ranks_train_as_two_row_blocks_and_only_rank_0_writes(tmp_path, smal
 
 
 @pytest.mark.slow
-def test_sigterm_to_mpiexec_saves_every_rank_exits_and_resume_continues(tmp_path, small_corpus):
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_to_mpiexec_saves_every_rank_exits_and_resume_continues(tmp_path, small_corpus, sig, code):
     env, tag = tagged_env()
     run = tmp_path / "runs" / "r"
     proc = mpi_train(
@@ -209,9 +210,9 @@ def test_sigterm_to_mpiexec_saves_every_rank_exits_and_resume_continues(tmp_path
     wait_for(lambda: (run / "metrics.jsonl").exists(), proc)
     ranks = rank_pids(tag)
     assert sorted(ranks) == [0, 1]
-    proc.send_signal(signal.SIGTERM)  # Hydra forwards it to every rank
+    proc.send_signal(sig)  # Hydra forwards it to every rank
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143, err  # every rank exits 143; Hydra passes that on
+    assert proc.returncode == code, err  # every rank exits 128 + signal; Hydra passes that on
     assert not rank_pids(tag)
     m = re.search(r"interrupted at step (\d+); resume with: charlm train \S+ --resume runs/r", err)
     assert m and err.count("interrupted at step") == 1, err
@@ -278,3 +279,41 @@ def test_a_rank_that_cannot_read_the_corpus_stops_every_rank_with_one_line(tmp_p
     lines = error_lines(r)
     assert len(lines) == 1 and lines[0].startswith("error: MPI rank 1: ") and "missing.txt" in lines[0], r.stderr
     assert not (tmp_path / "runs" / "r").exists()
+
+
+@pytest.mark.slow
+def test_an_error_on_rank_0_between_steps_stops_every_rank(tmp_path, small_corpus):
+    env, tag = tagged_env()
+    run = tmp_path / "runs" / "r"
+    proc = mpi_train(
+        tmp_path,
+        str(small_corpus),
+        "--steps",
+        "100000",
+        "--eval-every",
+        "50",
+        "--name",
+        "r",
+        *TINY,
+        env=env,
+        popen=True,
+    )
+    wait_for(lambda: (run / "metrics.jsonl").exists(), proc)
+    (run / "last.safetensors").unlink()
+    (run / "last.safetensors" / "x").mkdir(parents=True)  # rank 0's next checkpoint cannot be written
+    out, err = proc.communicate(timeout=30)  # the other rank, waiting for the next step, is told to stop
+    assert proc.returncode == 1, err
+    lines = [x for x in err.splitlines() if x.startswith("error:")]
+    assert len(lines) == 1 and "cannot write checkpoint runs/r/last.safetensors" in lines[0], err
+    assert not rank_pids(tag)
+
+
+@pytest.mark.slow
+def test_a_budget_in_minutes_is_planned_on_rank_0_for_every_rank(tmp_path, small_corpus):
+    t0 = time.monotonic()
+    r = mpi_train(tmp_path, str(small_corpus), "--minutes", "0.08", "--eval-every", "50", "--name", "r", *TINY)
+    took = time.monotonic() - t0
+    assert r.returncode == 0, r.stderr
+    assert took < 0.08 * 60 + 3, took  # the budget covers the whole command; a little slack for mpiexec
+    last = checkpoint.load(tmp_path / "runs" / "r" / "last.safetensors").state
+    assert last.step > 50 and last.total_steps == last.step  # the planned end was reached, by both ranks alike
