@@ -53,20 +53,25 @@ def mpi_train(cwd: Path, *args: str, n: int = 2, env: dict | None = None, popen:
     return subprocess.run(command, cwd=cwd, env=env or plain_env(), capture_output=True, text=True, timeout=120)
 
 
-def rank_pids(tag: str) -> dict[int, int]:
-    """rank → pid of the charlm processes started with CHARLM_TEST_TAG=tag (from /proc/PID/environ)."""
-    found = {}
+def tagged(tag: str, word: str) -> list[tuple[dict[str, str], int]]:
+    """(environment, pid) of the processes started with CHARLM_TEST_TAG=tag whose command line holds ``word``."""
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             env = dict(v.split("=", 1) for v in (entry / "environ").read_text().split("\0") if "=" in v)
             cmd = (entry / "cmdline").read_text()
-        except OSError:
+        except OSError:  # gone meanwhile, or not ours
             continue
-        if env.get("CHARLM_TEST_TAG") == tag and "PMI_RANK" in env and "charlm" in cmd:
-            found[int(env["PMI_RANK"])] = int(entry.name)
+        if env.get("CHARLM_TEST_TAG") == tag and word in cmd:
+            found.append((env, int(entry.name)))
     return found
+
+
+def rank_pids(tag: str) -> dict[int, int]:
+    """rank → pid of the charlm ranks started with CHARLM_TEST_TAG=tag."""
+    return {int(env["PMI_RANK"]): pid for env, pid in tagged(tag, "train") if "PMI_RANK" in env}
 
 
 def wait_for(condition, proc: subprocess.Popen, timeout: float = 60.0) -> None:
@@ -317,3 +322,25 @@ def test_a_budget_in_minutes_is_planned_on_rank_0_for_every_rank(tmp_path, small
     assert took < 0.08 * 60 + 3, took  # the budget covers the whole command; a little slack for mpiexec
     last = checkpoint.load(tmp_path / "runs" / "r" / "last.safetensors").state
     assert last.step > 50 and last.total_steps == last.step  # the planned end was reached, by both ranks alike
+
+
+@pytest.mark.slow
+def test_a_failure_in_one_ranks_block_stops_every_rank_after_saving_the_last_step(tmp_path, small_corpus):
+    # MPMD: rank 1 splits its block over a local worker process (--threads 2), which is then killed
+    env, tag = tagged_env()
+    run = tmp_path / "runs" / "r"
+    args = [str(small_corpus), "--steps", "100000", "--eval-every", "50", "--name", "r", *TINY]
+    command = [mpiexec(), "-n", "1", console_script(), "train", *args]
+    command += [":", "-n", "1", console_script(), "train", *args, "--threads", "2"]
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: (run / "metrics.jsonl").exists(), proc)
+    workers = [pid for _, pid in tagged(tag, "charlm.worker")]
+    assert len(workers) == 1
+    os.kill(workers[0], signal.SIGKILL)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1, err
+    lines = [x for x in err.splitlines() if x.startswith("error:")]
+    assert len(lines) == 1 and lines[0].startswith("error: MPI rank 1 failed in its row block (WorkerError: "), err
+    m = re.search(r"step (\d+) is saved in runs/r/last.safetensors; resume with: charlm train", lines[0])
+    assert m and checkpoint.load(run / "last.safetensors").state.step == int(m.group(1)), lines[0]
+    assert not rank_pids(tag)
