@@ -28,7 +28,7 @@ import numpy as np
 from charlm import blas
 from charlm.errors import ConfigError, WorkerError
 from charlm.model import CharModel, State
-from charlm.parallel import DataParallel, _block, row_blocks
+from charlm.parallel import DataParallel, row_block, row_blocks
 from charlm.session import MPISession
 
 
@@ -83,7 +83,7 @@ class MPIDataParallel:
         masks = None
         if self.model.config.dropout > 0.0 and rng is not None:
             masks = self.model.draw_dropout_masks(rng, T, B)  # (T, B, H) per layer, the serial run's draws
-        ids_r, targets_r, state_r, masks_r = _block((ids, targets, state, masks), rows)
+        ids_r, targets_r, state_r, masks_r = row_block((ids, targets, state, masks), rows)
         weight = (rows.stop - rows.start) / B
         grad = self.model.grad_flat
         failure: Exception | None = None

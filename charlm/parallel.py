@@ -29,7 +29,8 @@ or the error it met). Nothing is pickled. The files are unlinked as soon as
 the worker has mapped them, so nothing is left behind in ``/dev/shm``.
 
 Results are deterministic for a given number of workers: each block's
-arithmetic and the order of the sum are fixed.
+arithmetic and the order of the sum are fixed. Under MPI the same blocks go to
+the ranks instead (``charlm.mpistep``), each of which may split its own again here.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def _cleanup(procs: list[subprocess.Popen], paths: list[str]) -> None:
     paths.clear()
 
 
-def _block(batch: tuple, rows: slice) -> tuple:
+def row_block(batch: tuple, rows: slice) -> tuple:
     """(ids, targets, carried state, dropout masks) of one row block of the batch:
     ids and targets (T, B), each state (B, H), each mask (T, B, H), all cut to ``rows``."""
     ids, targets, state, masks = batch
@@ -176,11 +177,11 @@ class DataParallel:
         err = np.geterr()  # the caller's floating-point policy holds in the workers too
         try:
             for w, rows in zip(workers, blocks[1:], strict=True):
-                w.send_step(*_block(batch, rows), err)
+                w.send_step(*row_block(batch, rows), err)
         except CharlmError:  # a worker is gone: stop the others too, a later step starts afresh
             self.close()
             raise
-        results = self._own_block_then_answers(_block(batch, blocks[0]), workers, sent)
+        results = self._own_block_then_answers(row_block(batch, blocks[0]), workers, sent)
         if self._params_path is not None:  # every worker has mapped it
             remove(self._params_path)
             self._unlink.remove(self._params_path)

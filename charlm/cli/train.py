@@ -120,7 +120,8 @@ def train(
             min=0,
             max=256,
             help="Row blocks of each batch trained in parallel, one per core; 0 = one per CPU core "
-            "(each block at least 8 rows). Results are reproducible for a given value.",
+            "(each block at least 8 rows). Results are reproducible for a given value. Under MPI: row blocks "
+            "per rank (0 = 1).",
         ),
     ] = 0,
     encoding: Annotated[str, typer.Option(help="Text encoding of the corpus file.")] = "utf-8",
