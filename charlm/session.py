@@ -10,7 +10,9 @@ and none waits alone in a collective:
     v = (stop signal, command, p, last, total steps)      one Allreduce(MAX) per step
 
 where each rank gives the signal it has seen (0: none) and rank 0 alone the
-plan (the others −∞). A plain run is a ``LocalSession``, which decides alone.
+plan (the others −∞). Rank 0 leaving the loop with an error while the others
+wait for its plan sends them the command to stop instead (``end``). A plain run
+is a ``LocalSession``, which decides alone.
 
 mpi4py is imported only when the environment says this process was started by
 an MPI launcher (``launched``), so a plain run never loads MPI.
@@ -53,8 +55,11 @@ class LocalSession:
             return stop_signal, None
         return None, plan()
 
-    def abort(self) -> None:
-        """Rank 0 met an error between two steps: nobody else to tell."""
+    def stepped(self, last: bool) -> None:
+        """A step agreed by ``agree`` is done; ``last``: it was the last one."""
+
+    def end(self) -> None:
+        """This rank leaves the training loop: nobody else to tell."""
 
     def gather(self, obj: object) -> list:
         return [obj]
@@ -72,6 +77,7 @@ class MPISession(LocalSession):
         self.size = self.comm.Get_size()
         self.root = self.rank == 0
         self.local_size = self.comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size()  # ranks on this machine
+        self.awaited = True  # the other ranks wait in ``agree`` for rank 0's next plan
 
     def agree(self, plan: Callable[[], Plan | None], stop_signal: int | None) -> tuple[int | None, Plan | None]:
         """The stop signal seen by any rank, and rank 0's plan of the next step (None: the end).
@@ -85,6 +91,7 @@ class MPISession(LocalSession):
                 progress, last, total = p
                 v[2:] = (-1.0 if progress is None else progress, float(last), -1.0 if total is None else total)
         self.comm.Allreduce(self.MPI.IN_PLACE, v, op=self.MPI.MAX)
+        self.awaited = False  # every rank has the plan: nobody waits for rank 0 until this step is done
         signal = int(v[0]) or None
         if v[1] == ABORT:
             raise WorkerError("MPI rank 0 stopped with an error.")
@@ -92,9 +99,17 @@ class MPISession(LocalSession):
             return signal, None
         return None, (None if v[2] < 0 else float(v[2]), bool(v[3]), None if v[4] < 0 else int(v[4]))
 
-    def abort(self) -> None:
-        """Rank 0 met an error between two steps: the others, waiting in ``agree``, stop too."""
-        if self.root:
+    def stepped(self, last: bool) -> None:
+        """A step agreed by ``agree`` is done on every rank: unless it was the last, the
+        other ranks now wait for rank 0's next plan."""
+        self.awaited = not last
+
+    def end(self) -> None:
+        """This rank leaves the training loop. On rank 0, left with an error while the
+        other ranks wait for its next plan (before the first step, or between two):
+        they are told to stop (``agree`` raises WorkerError there)."""
+        if self.root and self.awaited:
+            self.awaited = False
             v = np.full(5, -math.inf)
             v[0], v[1] = 0, ABORT
             self.comm.Allreduce(self.MPI.IN_PLACE, v, op=self.MPI.MAX)

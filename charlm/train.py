@@ -151,6 +151,7 @@ class Trainer:
                 self.folder.discard_if_empty()
                 raise
             finally:
+                self.session.end()  # rank 0 leaving with an error: the other ranks stop too
                 self.stepper.close()  # the worker processes; a later run() starts them again
                 self.folder.release()  # a later run() takes the folder again
 
@@ -210,20 +211,16 @@ class Trainer:
                     raise self._worker_lost(e) from None
                 self.callbacks.on_warning(f"warning: {str(e).rstrip('.')}; the step in progress was dropped.")
                 break
-            try:
-                window_loss += loss
-                window_steps += 1
-                self.callbacks.on_step(self, loss)
-                if budget is not None:
-                    budget.note_step(time.perf_counter() - t0)
-                if root and self.step % c.eval_every == 0:
-                    rate = window_steps * self.chars_per_step / max(time.perf_counter() - window_t, 1e-9)
-                    self.validation.evaluate(window_loss / window_steps, rate)
-                    window_loss, window_steps, window_t = 0.0, 0, time.perf_counter()
-            except BaseException:
-                if not last:  # under MPI the other ranks wait for the next step's plan: tell them to stop
-                    self.session.abort()
-                raise
+            self.session.stepped(last)  # under MPI the others now wait for rank 0's next plan
+            window_loss += loss
+            window_steps += 1
+            self.callbacks.on_step(self, loss)
+            if budget is not None:
+                budget.note_step(time.perf_counter() - t0)
+            if root and self.step % c.eval_every == 0:
+                rate = window_steps * self.chars_per_step / max(time.perf_counter() - window_t, 1e-9)
+                self.validation.evaluate(window_loss / window_steps, rate)
+                window_loss, window_steps, window_t = 0.0, 0, time.perf_counter()
             if last:
                 break
         if self.stop_signal is not None:
