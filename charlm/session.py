@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Callable
 
 import numpy as np
@@ -121,7 +122,9 @@ class MPISession(LocalSession):
 
 def start_session() -> LocalSession:
     """An MPISession when an MPI launcher started this process, else a LocalSession.
-    A launch without mpi4py installed is a CharlmError saying what to install."""
+    A launch without mpi4py installed is a CharlmError saying what to install. Under
+    MPI an exception that reaches the interpreter (a bug: charlm's own errors are
+    agreed between the ranks) is printed and then ends the whole job (MPI_Abort)."""
     if not launched():
         return LocalSession()
     try:
@@ -130,7 +133,16 @@ def start_session() -> LocalSession:
         raise CharlmError(
             "started by an MPI launcher, but mpi4py is not installed: pip install 'charlm[mpi]'."
         ) from None
-    return session if session.size > 1 else LocalSession()
+    if session.size == 1:
+        return LocalSession()
+    previous = sys.excepthook
+
+    def abort_job(*exc) -> None:  # an unforeseen error (a bug) on one rank must not leave the others waiting
+        previous(*exc)
+        session.comm.Abort(1)
+
+    sys.excepthook = abort_job
+    return session
 
 
 def agree_start(session: LocalSession, error: BaseException | None, text: str | None, signature: object) -> None:

@@ -356,3 +356,22 @@ def test_a_failure_in_one_ranks_block_stops_every_rank_after_saving_the_last_ste
     m = re.search(r"step (\d+) is saved in runs/r/last.safetensors; resume with: charlm train", lines[0])
     assert m and checkpoint.load(run / "last.safetensors").state.step == int(m.group(1)), lines[0]
     assert not rank_pids(tag)
+
+
+@pytest.mark.slow
+def test_an_unforeseen_error_on_one_rank_ends_the_whole_job(tmp_path, small_corpus):
+    # a bug stand-in: rank 1 raises in its training step while rank 0 waits in that step's Allreduce
+    code = (
+        "import os, sys\n"
+        "import charlm.train\n"
+        "if os.environ['PMI_RANK'] == '1':\n"
+        "    charlm.train.Trainer.train_step = lambda self, progress=None: 1 / 0\n"
+        "from charlm.cli import main\n"
+        "sys.argv = ['charlm', *sys.argv[1:]]\n"
+        "main()\n"
+    )
+    args = ["train", str(small_corpus), "--steps", "5", "--name", "r", *TINY]
+    command = [mpiexec(), "-n", "2", sys.executable, "-c", code, *args]
+    r = subprocess.run(command, cwd=tmp_path, env=plain_env(), capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert "ZeroDivisionError" in r.stderr and "MPI_Abort" in r.stdout + r.stderr, r.stdout + r.stderr

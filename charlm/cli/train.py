@@ -203,15 +203,14 @@ def train(
         from charlm.mpistep import check_rows
 
         check_rows(batch_size, session.size, threads or 1)
-    path, stem = resolve(corpus)
-    trainer = _start(
-        session,
-        lambda: (
-            _resume(ctx, resume, name, out_dir, path, started, session.root)
-            if resume is not None
-            else _new_run(path, stem, name, out_dir, model_config, config, started, session.root)
-        ),
-    )
+
+    def build() -> "Trainer":
+        path, stem = resolve(corpus)
+        if resume is not None:
+            return _resume(ctx, resume, name, out_dir, path, started, session.root)
+        return _new_run(path, stem, name, out_dir, model_config, config, started, session.root)
+
+    trainer = _start(session, build)
     warn_threads_over_cores(threads)
     try:
         summary = trainer.run()
@@ -239,6 +238,8 @@ def _start(session, build) -> "Trainer":
         error, text = e, cli_message(e)
     except OSError as e:
         error, text = e, f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}"
+    except Exception as e:  # raised again here after the others are told, as it would be without MPI
+        error, text = e, f"{type(e).__name__}: {e}"
     signature = None if trainer is None else (trainer.corpus, trainer.model.num_params, trainer.step)
     try:
         agree_start(session, error, text, signature)
