@@ -375,3 +375,20 @@ def test_an_unforeseen_error_on_one_rank_ends_the_whole_job(tmp_path, small_corp
     r = subprocess.run(command, cwd=tmp_path, env=plain_env(), capture_output=True, text=True, timeout=60)
     assert r.returncode != 0
     assert "ZeroDivisionError" in r.stderr and "MPI_Abort" in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+@pytest.mark.slow
+def test_ranks_that_read_different_text_stop_with_one_line(tmp_path, small_corpus):
+    other = tmp_path / "other" / small_corpus.name  # the same name, another text
+    other.parent.mkdir()
+    other.write_text(small_corpus.read_text(encoding="utf-8").upper(), encoding="utf-8")
+    tiny = ["--steps", "2", "--hidden", "8", "--layers", "1", "--batch-size", "4", "--name", "r"]
+    command = [mpiexec(), "-n", "1", console_script(), "train", str(small_corpus), *tiny]
+    command += [":", "-n", "1", console_script(), "train", str(other), *tiny]
+    r = subprocess.run(command, cwd=tmp_path, env=plain_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert error_lines(r) == [
+        "error: the MPI ranks did not read the same corpus or build the same model: give every rank the same "
+        "file and options (a shared file system)."
+    ]
+    assert not (tmp_path / "runs" / "r").exists()
