@@ -29,7 +29,8 @@ or the error it met). Nothing is pickled. The files are unlinked as soon as
 the worker has mapped them, so nothing is left behind in ``/dev/shm``.
 
 Results are deterministic for a given number of workers: each block's
-arithmetic and the order of the sum are fixed.
+arithmetic and the order of the sum are fixed. Under MPI the same blocks go to
+the ranks instead (``charlm.mpistep``), each of which may split its own again here.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def _cleanup(procs: list[subprocess.Popen], paths: list[str]) -> None:
     paths.clear()
 
 
-def _block(batch: tuple, rows: slice) -> tuple:
+def row_block(batch: tuple, rows: slice) -> tuple:
     """(ids, targets, carried state, dropout masks) of one row block of the batch:
     ids and targets (T, B), each state (B, H), each mask (T, B, H), all cut to ``rows``."""
     ids, targets, state, masks = batch
@@ -142,16 +143,22 @@ class DataParallel:
     # -- the gradient ---------------------------------------------------------
 
     def loss_and_grads(
-        self, ids: np.ndarray, targets: np.ndarray, state: State, rng: np.random.Generator | None = None
+        self,
+        ids: np.ndarray,
+        targets: np.ndarray,
+        state: State,
+        rng: np.random.Generator | None = None,
+        dropout_masks: list[np.ndarray] | None = None,
     ) -> tuple[float, State]:
         """``CharModel.loss_and_grads`` of the whole batch. The dropout masks are drawn
         for the whole batch before it is split, so they are the serial run's draws; a
-        step lost with a worker (WorkerError) leaves ``rng`` as it was."""
+        step lost with a worker (WorkerError) leaves ``rng`` as it was. ``dropout_masks``
+        (T, B, H) per layer: drawn already (``rng`` is then not used)."""
         T, B = ids.shape
         blocks = row_blocks(B, min(self.workers, B))
         drawn_from = rng.bit_generator.state if rng is not None and len(blocks) > 1 else None
-        masks = None
-        if self.model.config.dropout > 0.0 and rng is not None:
+        masks = dropout_masks
+        if masks is None and self.model.config.dropout > 0.0 and rng is not None:
             masks = self.model.draw_dropout_masks(rng, T, B)  # (T, B, H) per layer, same draws as serial
         if len(blocks) == 1:
             return self.model.loss_and_grads(ids, targets, state, rng=rng, dropout_masks=masks)
@@ -170,11 +177,11 @@ class DataParallel:
         err = np.geterr()  # the caller's floating-point policy holds in the workers too
         try:
             for w, rows in zip(workers, blocks[1:], strict=True):
-                w.send_step(*_block(batch, rows), err)
+                w.send_step(*row_block(batch, rows), err)
         except CharlmError:  # a worker is gone: stop the others too, a later step starts afresh
             self.close()
             raise
-        results = self._own_block_then_answers(_block(batch, blocks[0]), workers, sent)
+        results = self._own_block_then_answers(row_block(batch, blocks[0]), workers, sent)
         if self._params_path is not None:  # every worker has mapped it
             remove(self._params_path)
             self._unlink.remove(self._params_path)

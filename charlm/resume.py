@@ -119,6 +119,7 @@ def resume_run(
     given: dict | None = None,
     callbacks: Callbacks | None = None,
     started: float | None = None,
+    lock: bool = True,
 ) -> Trainer:
     """A Trainer that continues the run ``checkpoint_path`` belongs to, in its folder.
     ``given``: the settings given for this session, by field name (see ``merge_settings``).
@@ -127,12 +128,13 @@ def resume_run(
 
     The run folder is locked (``RunFolder.lock``) before the checkpoint is read, so
     that no other process trains there while this one continues from what it read;
-    the Trainer holds the lock until its run ends."""
+    the Trainer holds the lock until its run ends. Without ``lock`` (an MPI rank other
+    than 0, which never writes) the folder is only read."""
     given = {k: v for k, v in (given or {}).items() if v is not None}
     if set(given) - set(RESUME_SETTINGS):
         raise ValueError(f"resume_run: unknown settings {sorted(set(given) - set(RESUME_SETTINGS))}")
     folder = RunFolder(Path(checkpoint_path).parent)
-    if folder.path.is_dir():  # else there is no checkpoint to read, and load says so
+    if lock and folder.path.is_dir():  # else there is no checkpoint to read, and load says so
         folder.lock()
     try:
         return _resume_locked(Path(checkpoint_path), folder, corpus_path, given, callbacks, started)

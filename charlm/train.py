@@ -52,6 +52,7 @@ from charlm.optim import Adam, clip_grad_norm_, learning_rate, timed_learning_ra
 from charlm.parallel import DataParallel, default_workers
 from charlm.runfolder import RunFolder
 from charlm.sample import warmed_state
+from charlm.session import LocalSession, Plan
 from charlm.signals import signals_call
 from charlm.validation import Validation
 from charlm.vocab import Vocab
@@ -83,6 +84,7 @@ class Trainer:
         workers = config.threads or default_workers(config.batch_size)
         # loss_and_grads over row blocks on the cores; a stop request cuts the wait for a silent worker short
         self.stepper = DataParallel(model, workers, stop_requested=lambda: self.stop_signal is not None)
+        self.session = LocalSession()  # this process alone; ``mpistep.distribute`` makes it an MPI rank
         self.rng = np.random.default_rng(config.seed + 1)  # dropout
         self.state = model.zero_state(config.batch_size)  # carried a<t> (and c<t>) per layer, (B, H) each
         self.step = 0  # optimizer steps taken
@@ -133,7 +135,8 @@ class Trainer:
     def run(self) -> TrainSummary:
         """Train until the budget runs out or a stop is requested; see the module docstring.
         The run folder is locked for this process until the run ends (``RunFolder.lock``)."""
-        self.folder.open(self.step)
+        if self.session.root:  # rank 0 alone writes the run
+            self.folder.open(self.step)
         started = time.perf_counter() if self.started is None else self.started
         self.started = None  # a later run() is a session of its own, counted from its call
         self.clock = RunClock(self.elapsed, started)
@@ -148,6 +151,7 @@ class Trainer:
                 self.folder.discard_if_empty()
                 raise
             finally:
+                self.session.end()  # rank 0 leaving with an error: the other ranks stop too
                 self.stepper.close()  # the worker processes; a later run() starts them again
                 self.folder.release()  # a later run() takes the folder again
 
@@ -167,26 +171,38 @@ class Trainer:
             budget.note_validation(pass_step_seconds(self.model), 1)
         return budget
 
+    def _plan_step(self) -> Plan | None:
+        """(p, last, total steps) of the next step, or None when the budget is spent; p is
+        the fraction of a time budget used by the step's end (None: no time budget)."""
+        if self.step_limit is not None and self.step >= self.step_limit:
+            return None
+        budget = self.budget
+        if budget is None:
+            return None, False, self.total_steps
+        plan = budget.plan(validate_after=(self.step + 1) % self.config.eval_every == 0)
+        if plan is None:
+            return None
+        progress, last = plan
+        total = self.step + 1 + (0 if last else budget.steps_left())
+        if self.step_limit is not None:  # a budget in steps as well: the schedule follows the tighter
+            progress = max(progress, (self.step + 1) / self.step_limit)
+            last = last or self.step + 1 >= self.step_limit
+            total = min(total, self.step_limit)
+        return progress, last, total
+
     def _loop(self) -> TrainSummary:
         c = self.config
-        self.budget = budget = self._plan_budget()
+        root = self.session.root  # under MPI, rank 0 plans, validates and writes; see charlm.session
+        self.budget = budget = self._plan_budget() if root else None
         self.callbacks.on_start(self)
         window_loss, window_steps, window_t = 0.0, 0, time.perf_counter()
         loss = math.nan
-        while self.stop_signal is None:
-            if self.step_limit is not None and self.step >= self.step_limit:
+        while True:
+            signal, plan = self.session.agree(self._plan_step, self.stop_signal)  # any rank's signal, rank 0's plan
+            self.stop_signal = self.stop_signal if signal is None else signal  # one caught during agree() is kept
+            if plan is None:
                 break
-            progress, last = None, False
-            if budget is not None:
-                plan = budget.plan(validate_after=(self.step + 1) % c.eval_every == 0)
-                if plan is None:
-                    break
-                progress, last = plan
-                self.total_steps = self.step + 1 + (0 if last else budget.steps_left())
-                if self.step_limit is not None:  # a budget in steps as well: the schedule follows the tighter
-                    progress = max(progress, (self.step + 1) / self.step_limit)
-                    last = last or self.step + 1 >= self.step_limit
-                    self.total_steps = min(self.total_steps, self.step_limit)
+            progress, last, self.total_steps = plan
             t0 = time.perf_counter()
             try:
                 loss = self.train_step(progress)
@@ -195,12 +211,13 @@ class Trainer:
                     raise self._worker_lost(e) from None
                 self.callbacks.on_warning(f"warning: {str(e).rstrip('.')}; the step in progress was dropped.")
                 break
+            self.session.stepped(last)  # under MPI the others now wait for rank 0's next plan
             window_loss += loss
             window_steps += 1
             self.callbacks.on_step(self, loss)
             if budget is not None:
                 budget.note_step(time.perf_counter() - t0)
-            if self.step % c.eval_every == 0:
+            if root and self.step % c.eval_every == 0:
                 rate = window_steps * self.chars_per_step / max(time.perf_counter() - window_t, 1e-9)
                 self.validation.evaluate(window_loss / window_steps, rate)
                 window_loss, window_steps, window_t = 0.0, 0, time.perf_counter()
@@ -210,7 +227,7 @@ class Trainer:
             self.elapsed = self.clock()
             if self.saved_step != self.step:
                 self.save(self.folder.last)
-        else:
+        elif root:
             if window_steps or not self.history:
                 rate = window_steps * self.chars_per_step / max(time.perf_counter() - window_t, 1e-9)
                 self.validation.evaluate(window_loss / max(window_steps, 1) if window_steps else loss, rate)
@@ -321,7 +338,10 @@ class Trainer:
     def save(self, path: Path, warm: bool = False) -> None:
         """Write a resumable checkpoint (atomically). Refuses non-finite weights, so a
         blow-up can never replace the last good checkpoint. With ``warm`` it also holds
-        the sampler's warmed-up state, so that sampling from it starts at once."""
+        the sampler's warmed-up state, so that sampling from it starts at once. Under
+        MPI only rank 0 writes; the other ranks hold the same weights."""
+        if not self.session.root:
+            return
         if not (np.isfinite(self.model.flat).all() and np.isfinite(self.optimizer.v).all()):
             raise self.diverged("the weights are no longer finite numbers", self.step)
         t0 = time.perf_counter()

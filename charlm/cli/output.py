@@ -20,6 +20,12 @@ class LazyConsole:
             self._console = self._make()
         return getattr(self._console, name)
 
+    def silence(self) -> None:
+        """Print nothing from now on (an MPI rank other than 0: rank 0 speaks for the job)."""
+        if self._console is None:
+            self._console = self._make()
+        self._console.quiet = True
+
 
 def stderr_console():
     """Rich's console for progress, warnings and errors."""

@@ -8,9 +8,18 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from typer.core import TyperCommand
 
-from charlm.cli.common import DEFAULT_MINUTES, app, err, flag, out, user_errors, warn_threads_over_cores
+from charlm.cli.common import (
+    DEFAULT_MINUTES,
+    app,
+    cli_message,
+    err,
+    flag,
+    out,
+    user_errors,
+    warn_threads_over_cores,
+)
 from charlm.config import MAX_LAYERS, MAX_WIDTH, UNIT_NAMES, UNITS, WORD_DEFAULTS
-from charlm.errors import UsageError, WorkerError
+from charlm.errors import CharlmError, UsageError, WorkerError
 
 if TYPE_CHECKING:  # imported lazily, so that --help stays instant
     from charlm.config import ModelConfig, TrainConfig, WordConfig
@@ -145,7 +154,8 @@ def train(
             min=0,
             max=256,
             help="Row blocks of each batch trained in parallel, one per core; 0 = one per CPU core "
-            "(each block at least 8 rows). Results are reproducible for a given value.",
+            "(each block at least 8 rows). Results are reproducible for a given value. Under MPI: row blocks "
+            "per rank (0 = 1).",
         ),
     ] = 0,
     encoding: Annotated[str, typer.Option(help="Text encoding of the corpus file.")] = "utf-8",
@@ -191,6 +201,10 @@ def train(
     A worker process (--threads) that does not answer within 20 times the slowest
     step (at least 30 seconds, or $CHARLM_WORKER_TIMEOUT) ends the run with the
     last completed step saved (exit code 1).
+
+    Under MPI (mpiexec -n N charlm train ...; needs charlm[mpi]) each of the N ranks
+    trains its row block of every batch (--threads: row blocks per rank, default 1);
+    rank 0 alone shows progress and writes the run.
     """
     from charlm.config import ModelConfig, TrainConfig
     from charlm.corpora import resolve
@@ -224,13 +238,25 @@ def train(
         keep_cr=keep_cr,
     )
     from charlm.budget import process_started
+    from charlm.session import start_session
 
     started = process_started()  # --minutes counts from here, the command's start-up
-    path, stem = resolve(corpus)
-    if resume is not None:
-        trainer = _resume(ctx, resume, name, out_dir, path, started)
-    else:
-        trainer = _new_run(path, stem, name, out_dir, model_config, config, started, words)
+    session = start_session()  # this process alone, or one rank of an MPI job
+    if not session.root:  # rank 0 speaks for the job
+        err.silence()
+        out.silence()
+    if session.size > 1 and resume is None:  # before anything is read or made (a resumed run's B is its own)
+        from charlm.mpistep import check_rows
+
+        check_rows(batch_size, session.size, threads or 1)
+
+    def build() -> "Trainer":
+        path, stem = resolve(corpus)
+        if resume is not None:
+            return _resume(ctx, resume, name, out_dir, path, started, session.root)
+        return _new_run(path, stem, name, out_dir, model_config, config, started, words, session.root)
+
+    trainer = _start(session, build)
     warn_threads_over_cores(threads)
     try:
         summary = trainer.run()
@@ -239,6 +265,36 @@ def train(
             e.details.update(corpus=shlex.quote(corpus), run_dir=shlex.quote(str(e.details["run_dir"])))
         raise
     _report_training(summary, corpus, trainer.vocab.unit)
+
+
+def _start(session, build) -> "Trainer":
+    """``build()``'s Trainer, on every rank of an MPI job (``charlm.session``) once all
+    ranks have built the same one; an error on any rank stops every rank, rank 0
+    saying which one met it."""
+    if session.size == 1:
+        return build()
+    from charlm.mpistep import distribute
+    from charlm.session import agree_start
+
+    trainer, error, text = None, None, None
+    try:
+        trainer = build()
+        distribute(trainer, session)
+    except CharlmError as e:
+        error, text = e, cli_message(e)
+    except OSError as e:
+        error, text = e, f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}"
+    except Exception as e:  # raised again here after the others are told, as it would be without MPI
+        error, text = e, f"{type(e).__name__}: {e}"
+    signature = None if trainer is None else (trainer.corpus, trainer.model.num_params, trainer.step)
+    try:
+        agree_start(session, error, text, signature)
+    except BaseException:
+        if trainer is not None:  # rank 0 made or took the run folder: leave it as it was
+            trainer.folder.discard_if_empty()
+            trainer.folder.release()
+        raise
+    return trainer
 
 
 def _new_run(
@@ -250,13 +306,16 @@ def _new_run(
     config: "TrainConfig",
     started: float,
     words: "WordConfig | None" = None,
+    root: bool = True,
 ) -> "Trainer":
     """The Trainer of a new run in OUT/NAME; with no budget given, DEFAULT_MINUTES. ``words``: a word model's
-    vocabulary settings (None: a character model)."""
+    vocabulary settings (None: a character model). Not ``root`` (an MPI rank other than 0): the run folder is
+    neither taken nor checked."""
     from dataclasses import replace
 
+    from charlm.callbacks import Callbacks
     from charlm.cli.progress import TrainingDisplay
-    from charlm.prepare import prepare_run
+    from charlm.prepare import build_trainer, prepare_run
     from charlm.runfolder import RunFolder
     from charlm.runs import run_name
 
@@ -270,14 +329,20 @@ def _new_run(
         raise UsageError(f"--name {name!r}: give a plain folder name (no '/'); the run goes to {out_dir}/NAME.")
     # OUT/NAME, or OUT/<corpus name>, -2, -3, …: the first free one, taken when the folder is locked
     folder = RunFolder(out_dir / name) if name else RunFolder(out_dir / run_name(stem), unique=True)
+    if not root:
+        return build_trainer(path, folder, model_config, config, Callbacks(), started, words=words)
     if name:
         folder.refuse_overwrite()  # before the corpus is read; prepare_run checks again under the lock
     display = TrainingDisplay(err, show_reading=sys.stderr.isatty(), notices=True)
     return prepare_run(path, folder, model_config, config, display, started, words)
 
 
-def _resume(ctx: typer.Context, resume: str, name: str | None, out_dir: Path, path: Path, started: float) -> "Trainer":
-    """The Trainer for ``train --resume``: the options given on the command line are passed on."""
+def _resume(
+    ctx: typer.Context, resume: str, name: str | None, out_dir: Path, path: Path, started: float, root: bool = True
+) -> "Trainer":
+    """The Trainer for ``train --resume``: the options given on the command line are passed on.
+    Not ``root`` (an MPI rank other than 0): the run folder is not locked, nothing is shown."""
+    from charlm.callbacks import Callbacks
     from charlm.cli.progress import TrainingDisplay
     from charlm.resume import RESUME_SETTINGS, resume_run
     from charlm.runs import resume_checkpoint
@@ -286,7 +351,8 @@ def _resume(ctx: typer.Context, resume: str, name: str | None, out_dir: Path, pa
         raise UsageError("--name cannot be combined with --resume: a resumed run continues in its own folder.")
     given = {k: ctx.params[k] for k in RESUME_SETTINGS if ctx.get_parameter_source(k).name != "DEFAULT"}
     target = resume_checkpoint(Path(resume) if resume else None, out_dir)
-    trainer = resume_run(target, path, given, callbacks=TrainingDisplay(err), started=started)
+    callbacks = TrainingDisplay(err) if root else Callbacks()
+    trainer = resume_run(target, path, given, callbacks=callbacks, started=started, lock=root)
     for note in trainer.notes:
         err.print(note, markup=False)
     for setting, (stored, new) in trainer.changed.items():
