@@ -11,7 +11,6 @@ from typer.core import TyperCommand
 from charlm.cli.common import (
     DEFAULT_MINUTES,
     app,
-    cli_message,
     err,
     flag,
     out,
@@ -19,7 +18,7 @@ from charlm.cli.common import (
     warn_threads_over_cores,
 )
 from charlm.config import MAX_LAYERS, MAX_WIDTH, UNIT_NAMES, UNITS, WORD_DEFAULTS
-from charlm.errors import CharlmError, UsageError, WorkerError
+from charlm.errors import UsageError, WorkerError
 
 if TYPE_CHECKING:  # imported lazily, so that --help stays instant
     from charlm.config import ModelConfig, TrainConfig, WordConfig
@@ -238,6 +237,7 @@ def train(
         keep_cr=keep_cr,
     )
     from charlm.budget import process_started
+    from charlm.cli.ranks import start_on_every_rank
     from charlm.session import start_session
 
     started = process_started()  # --minutes counts from here, the command's start-up
@@ -256,7 +256,7 @@ def train(
             return _resume(ctx, resume, name, out_dir, path, started, session.root)
         return _new_run(path, stem, name, out_dir, model_config, config, started, words, session.root)
 
-    trainer = _start(session, build)
+    trainer = start_on_every_rank(session, build)
     warn_threads_over_cores(threads)
     try:
         summary = trainer.run()
@@ -265,36 +265,6 @@ def train(
             e.details.update(corpus=shlex.quote(corpus), run_dir=shlex.quote(str(e.details["run_dir"])))
         raise
     _report_training(summary, corpus, trainer.vocab.unit)
-
-
-def _start(session, build) -> "Trainer":
-    """``build()``'s Trainer, on every rank of an MPI job (``charlm.session``) once all
-    ranks have built the same one; an error on any rank stops every rank, rank 0
-    saying which one met it."""
-    if session.size == 1:
-        return build()
-    from charlm.mpistep import distribute
-    from charlm.session import agree_start
-
-    trainer, error, text = None, None, None
-    try:
-        trainer = build()
-        distribute(trainer, session)
-    except CharlmError as e:
-        error, text = e, cli_message(e)
-    except OSError as e:
-        error, text = e, f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}"
-    except Exception as e:  # raised again here after the others are told, as it would be without MPI
-        error, text = e, f"{type(e).__name__}: {e}"
-    signature = None if trainer is None else (trainer.corpus, trainer.model.num_params, trainer.step)
-    try:
-        agree_start(session, error, text, signature)
-    except BaseException:
-        if trainer is not None:  # rank 0 made or took the run folder: leave it as it was
-            trainer.folder.discard_if_empty()
-            trainer.folder.release()
-        raise
-    return trainer
 
 
 def _new_run(
