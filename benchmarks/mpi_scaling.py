@@ -27,6 +27,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchlib import blas_line, cpu_model, nproc, pins_line, run_as_user
+
 SIZES = {  # name: (layers, hidden, embed, batch, seq_len), as benchmarks/compare.py
     "A": (1, 128, 64, 32, 64),
     "B": (2, 256, 64, 32, 64),
@@ -63,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--python", default=sys.executable, help="the Python whose environment has charlm[mpi]")
     p.add_argument("--smoke", action="store_true", help="a tiny model, one pair, three windows")
     a = p.parse_args(argv)
+    run_as_user()
     configs = ["smoke"] if a.smoke else a.configs.split(",")
     pairs, windows = (1, 3) if a.smoke else (a.pairs, a.windows)
     bindir = Path(a.python).parent
@@ -84,6 +87,9 @@ def main(argv: list[str] | None = None) -> None:
             f"| {config} | {layers}×{hidden} LSTM, E {embed}, B {batch}, T {seq_len} | {t:,.0f} | {m:,.0f} | "
             f"{m / t:.2f}× | {min(ratios):.2f}–{max(ratios):.2f} |"
         )
+    print(f"{nproc()} CPUs ({cpu_model()}); {blas_line()}")
+    print(pins_line())
+    print()
     print("\n".join(rows))
 
 
