@@ -45,6 +45,7 @@ from benchlib import (
     RESULTS_MD,
     BenchError,
     Parser,
+    blas_line,
     bounded,
     command_block,
     cpu_model,
@@ -268,6 +269,7 @@ def render(summaries: list[dict], tokens: dict, command: str, args, started: dat
         *command_block(command),
         f"- {nproc()} CPUs; {cpu_model()}; load average (1 min) at the start and the end: {load[0]:.2f}, {load[1]:.2f}",
         f"- Thread environment variables: {', '.join(f'{k}={v}' for k, v in thread_env().items()) or 'none set'}",
+        f"- charlm: {blas_line()}; PyTorch {torch_version()}, its default threads, oneDNN on, eager mode",
         pins_line(),
         "",
         "| measure | charlm | PyTorch | ratio | per-pair range | goal | met |",
@@ -280,6 +282,16 @@ def render(summaries: list[dict], tokens: dict, command: str, args, started: dat
             f"{'**yes**' if s['met'] else '**no**'} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def torch_version() -> str:
+    """The installed PyTorch's version, without importing it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        return "(not installed)"
 
 
 def compare(args) -> None:
