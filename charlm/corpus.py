@@ -316,37 +316,40 @@ class Corpus:
         )
 
 
-def check_length(scan: CorpusScan, config: TrainConfig) -> int:
-    """The number of held-out characters; a CorpusError when the text is too short for
-    one training batch after the validation tail, or the tail too short to validate."""
+def check_length(label: str, n: int, config: TrainConfig, unit: str = "characters") -> int:
+    """The number of held-out symbols of a corpus of ``n`` (characters, or a word model's
+    tokens: ``unit``); a CorpusError when the text is too short for one training batch
+    after the validation tail, or the tail too short to validate."""
     B, T, f = config.batch_size, config.seq_len, config.val_frac
-    n_val = int(round(scan.n_chars * f))
+    n_val = int(round(n * f))
     minimum = min_corpus_chars(B, T, f)
-    if scan.n_chars < minimum:
+    if n < minimum:
         raise CorpusError(
-            f"{scan.label}: {scan.n_chars:,} characters, too short for one training batch: a batch of {B} rows × "
-            f"{T} steps needs at least {minimum:,} characters when {f:g} of them are held out. "
+            f"{label}: {n:,} {unit}, too short for one training batch: a batch of {B} rows × {T} steps needs at "
+            f"least {minimum:,} {unit} when {f:g} of them are held out. "
             "Use a longer text or a smaller batch size or sequence length.",
             kind="corpus_too_short",
-            label=scan.label,
-            chars=scan.n_chars,
+            label=label,
+            count=n,
+            unit=unit,
             batch_size=B,
             seq_len=T,
             minimum=minimum,
             val_frac=f,
         )
     if n_val < MIN_VAL_CHARS:
+        suggest = min(0.5, (MIN_VAL_CHARS + 0.5) / n)
         raise CorpusError(
-            f"{scan.label}: a validation fraction of {f:g} holds out {n_val} of its {scan.n_chars:,} characters; "
-            f"validation needs at least {MIN_VAL_CHARS}. Raise the fraction to "
-            f"{min(0.5, (MIN_VAL_CHARS + 0.5) / scan.n_chars):.2g} or more, or use a longer text.",
+            f"{label}: a validation fraction of {f:g} holds out {n_val} of its {n:,} {unit}; validation needs at "
+            f"least {MIN_VAL_CHARS}. Raise the fraction to {suggest:.2g} or more, or use a longer text.",
             kind="validation_too_short",
-            label=scan.label,
+            label=label,
             val_frac=f,
             n_val=n_val,
-            chars=scan.n_chars,
+            count=n,
+            unit=unit,
             needed=MIN_VAL_CHARS,
-            suggest=min(0.5, (MIN_VAL_CHARS + 0.5) / scan.n_chars),
+            suggest=suggest,
         )
     return n_val
 
@@ -369,7 +372,7 @@ def load_corpus(
     called with the first pass's findings before the text is encoded (it may raise).
     """
     scan = scan_corpus(Path(path), config.encoding, config.errors, form=form_of(config), progress=progress)
-    n_val = check_length(scan, config)
+    n_val = check_length(scan.label, scan.n_chars, config)
     if check is not None:
         check(scan)
     ids, cache = encode_corpus(scan, progress=progress, report=report)

@@ -30,13 +30,12 @@ import numpy as np
 
 from charlm.config import TrainConfig, WordConfig
 from charlm.corpus import (
-    MIN_VAL_CHARS,
     Corpus,
     CorpusFingerprint,
     CorpusScan,
+    check_length,
     encode_ids,
     form_of,
-    min_corpus_chars,
     refuse_special_file,
 )
 from charlm.errors import CorpusError
@@ -167,38 +166,6 @@ def word_cache_name(scan: WordScan) -> str:
     return f"{scan.sha256}-{codec}-{scan.errors}-{form}-words{TOKENIZER_VERSION}-{case}-{len(scan.vocab)}.u16"
 
 
-def check_word_length(scan: WordScan, config: TrainConfig) -> int:
-    """The number of held-out tokens; a CorpusError when the text is too short for one
-    training batch after the validation tail, or the tail too short to validate."""
-    B, T, f = config.batch_size, config.seq_len, config.val_frac
-    n_val = int(round(scan.n_tokens * f))
-    minimum = min_corpus_chars(B, T, f)
-    if scan.n_tokens < minimum:
-        raise CorpusError(
-            f"{scan.label}: {scan.n_tokens:,} tokens, too short for one training batch of {B} rows × {T} steps: "
-            f"that needs at least {minimum:,} tokens when {f:g} of them are held out. "
-            "Use a longer text or a smaller batch size or sequence length.",
-            kind="word_corpus_too_short",
-            label=scan.label,
-            tokens=scan.n_tokens,
-            batch_size=B,
-            seq_len=T,
-            minimum=minimum,
-            val_frac=f,
-        )
-    if n_val < MIN_VAL_CHARS:
-        raise CorpusError(
-            f"{scan.label}: a validation fraction of {f:g} holds out {n_val} of its {scan.n_tokens:,} tokens; "
-            f"validation needs at least {MIN_VAL_CHARS}. Raise the fraction or use a longer text.",
-            kind="word_validation_too_short",
-            label=scan.label,
-            val_frac=f,
-            n_val=n_val,
-            tokens=scan.n_tokens,
-        )
-    return n_val
-
-
 def load_word_corpus(
     path: Path,
     config: TrainConfig,
@@ -213,7 +180,7 @@ def load_word_corpus(
     said through ``report``. ``check`` is called with the first pass's findings before the
     text is encoded (it may raise)."""
     scan = scan_words(Path(path), words, config.encoding, config.errors, form=form_of(config), progress=progress)
-    n_val = check_word_length(scan, config)
+    n_val = check_length(scan.label, scan.n_tokens, config, unit="tokens")
     if scan.distinct < words.vocab_size and report is not None:
         report(
             f"notice: {scan.label} has {scan.distinct:,} distinct tokens, fewer than the {words.vocab_size:,} "

@@ -78,20 +78,15 @@ WORDING: dict[str, str] = {
     "text_too_short_for_batch": "the training text has {chars:,} characters, too short for one batch of "
     "{batch_size} rows × {seq_len} steps (needs at least {needed:,}). "
     "Use a longer text or smaller --batch-size/--seq-len.",
-    "corpus_too_short": "{label}: {chars:,} characters, too short for one training batch: --batch-size "
-    "{batch_size} × --seq-len {seq_len} needs at least {minimum:,} characters with --val-frac {val_frac:g}. "
+    "corpus_too_short": "{label}: {count:,} {unit}, too short for one training batch: --batch-size "
+    "{batch_size} × --seq-len {seq_len} needs at least {minimum:,} {unit} with --val-frac {val_frac:g}. "
     "Use a longer text or smaller --batch-size/--seq-len.",
+    "validation_too_short": "{label}: --val-frac {val_frac:g} holds out {n_val} of its {count:,} {unit}; "
+    "validation needs at least {needed}. Raise --val-frac to {suggest:.2g} or more, or use a longer text.",
     "too_few_sentences": "{label}: {sentences} sentence(s); a word model (--unit word) needs at least 2. A sentence "
     "ends with . ! or ? before a space or a line break, or at a blank line. Use a longer text.",
-    "word_corpus_too_short": "{label}: {tokens:,} tokens, too short for one training batch: --batch-size "
-    "{batch_size} × --seq-len {seq_len} needs at least {minimum:,} tokens with --val-frac {val_frac:g}. "
-    "Use a longer text or smaller --batch-size/--seq-len.",
-    "word_validation_too_short": "{label}: --val-frac {val_frac:g} holds out {n_val} of its {tokens:,} tokens; "
-    "validation needs at least 2. Raise --val-frac or use a longer text.",
     "unknown_words": "{count} word(s) not in the model's vocabulary: {listed}. Remove them, or use --unknown unk "
     "to read them as <UNK> or --unknown skip to drop them.",
-    "validation_too_short": "{label}: --val-frac {val_frac:g} holds out {n_val} of its {chars:,} characters; "
-    "validation needs at least {needed}. Raise --val-frac to {suggest:.2g} or more, or use a longer text.",
     "run_folder_unwritable": "cannot create the run folder {path} ({reason}). Choose another --out folder.",
     "run_exists": "{path} already holds a run, which a new run would overwrite. Choose another --name, "
     "or continue that run with --resume {path}.",
