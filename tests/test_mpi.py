@@ -95,6 +95,17 @@ def tagged_env() -> tuple[dict[str, str], str]:
 # --------------------------------------------------------------------------- #
 
 
+def started_run(cwd: Path, corpus: Path, steps: int = 100_000) -> tuple[subprocess.Popen, str, Path]:
+    """A two-rank run in runs/r of ``steps`` steps, started in the background with tagged
+    ranks and past its first validation: (the mpiexec process, the tag, the run folder)."""
+    env, tag = tagged_env()
+    run = cwd / "runs" / "r"
+    args = ["--steps", str(steps), "--eval-every", "50", "--name", "r", *TINY]
+    proc = mpi_train(cwd, str(corpus), *args, env=env, popen=True)
+    wait_for(lambda: (run / "metrics.jsonl").exists(), proc)
+    return proc, tag, run
+
+
 def test_an_mpi_launch_is_recognised_from_the_environment(monkeypatch):
     for name in LAUNCH_VARIABLES:
         monkeypatch.delenv(name, raising=False)
@@ -212,22 +223,7 @@ def straight(tmp_path_factory) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_to_mpiexec_saves_every_rank_exits_and_resume_continues(tmp_path, small_corpus, straight, sig, code):
-    env, tag = tagged_env()
-    run = tmp_path / "runs" / "r"
-    proc = mpi_train(
-        tmp_path,
-        str(small_corpus),
-        "--steps",
-        str(STEPS),
-        "--eval-every",
-        "50",
-        "--name",
-        "r",
-        *TINY,
-        env=env,
-        popen=True,
-    )
-    wait_for(lambda: (run / "metrics.jsonl").exists(), proc)
+    proc, tag, run = started_run(tmp_path, small_corpus, STEPS)
     ranks = rank_pids(tag)
     assert sorted(ranks) == [0, 1]
     proc.send_signal(sig)  # Hydra forwards it to every rank
@@ -249,22 +245,7 @@ def test_a_signal_to_mpiexec_saves_every_rank_exits_and_resume_continues(tmp_pat
 
 @pytest.mark.slow
 def test_a_rank_killed_with_9_ends_the_job_with_a_message(tmp_path, small_corpus):
-    env, tag = tagged_env()
-    run = tmp_path / "runs" / "r"
-    proc = mpi_train(
-        tmp_path,
-        str(small_corpus),
-        "--steps",
-        "100000",
-        "--eval-every",
-        "50",
-        "--name",
-        "r",
-        *TINY,
-        env=env,
-        popen=True,
-    )
-    wait_for(lambda: (run / "metrics.jsonl").exists(), proc)
+    proc, tag, run = started_run(tmp_path, small_corpus)
     os.kill(rank_pids(tag)[1], signal.SIGKILL)
     out, err = proc.communicate(timeout=30)  # bounded (TimeoutExpired fails the test): Hydra ends the others at once
     assert proc.returncode != 0
@@ -303,22 +284,7 @@ def test_a_rank_that_cannot_read_the_corpus_stops_every_rank_with_one_line(tmp_p
 
 @pytest.mark.slow
 def test_an_error_on_rank_0_between_steps_stops_every_rank(tmp_path, small_corpus):
-    env, tag = tagged_env()
-    run = tmp_path / "runs" / "r"
-    proc = mpi_train(
-        tmp_path,
-        str(small_corpus),
-        "--steps",
-        "100000",
-        "--eval-every",
-        "50",
-        "--name",
-        "r",
-        *TINY,
-        env=env,
-        popen=True,
-    )
-    wait_for(lambda: (run / "metrics.jsonl").exists(), proc)
+    proc, tag, run = started_run(tmp_path, small_corpus)
     (run / "last.safetensors").unlink()
     (run / "last.safetensors" / "x").mkdir(parents=True)  # rank 0's next checkpoint cannot be written
     out, err = proc.communicate(timeout=30)  # the other rank, waiting for the next step, is told to stop
