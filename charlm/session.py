@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -35,7 +36,8 @@ LAUNCH_VARIABLES = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
 
 Plan = tuple[float | None, bool, int | None]  # (p of the next step or None, last step?, total steps or None)
 
-GO, END, ABORT = 0, 1, 2  # rank 0's command in ``agree``
+GO, END, ABORT = 0, 1, 2
+ABORT_GRACE_S = 0.5  # seconds between a rank's traceback and MPI_Abort, which ends every rank's output  # rank 0's command in ``agree``
 
 
 def launched() -> bool:
@@ -139,6 +141,8 @@ def start_session() -> LocalSession:
 
     def abort_job(*exc) -> None:  # an unforeseen error (a bug) on one rank must not leave the others waiting
         previous(*exc)
+        sys.stderr.flush()
+        time.sleep(ABORT_GRACE_S)  # the launcher forwards output through pipes: let the traceback reach it first
         session.comm.Abort(1)
 
     sys.excepthook = abort_job
