@@ -340,7 +340,9 @@ def test_an_unforeseen_error_on_one_rank_ends_the_whole_job(tmp_path, small_corp
     command = [mpiexec(), "-n", "2", sys.executable, "-c", code, *args]
     r = subprocess.run(command, cwd=tmp_path, env=plain_env(), capture_output=True, text=True, timeout=60)
     assert r.returncode != 0
-    assert "ZeroDivisionError" in r.stderr and "MPI_Abort" in r.stdout + r.stderr, r.stdout + r.stderr
+    # the job ended (no hang within the timeout) with the failing rank's traceback; MPICH's own "MPI_Abort"
+    # line is not asserted: under load its launcher can lose it when the job ends
+    assert "ZeroDivisionError" in r.stderr, r.stdout + r.stderr
 
 
 @pytest.mark.slow
