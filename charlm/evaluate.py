@@ -146,7 +146,7 @@ def score_sample(model: CharModel, ids: np.ndarray, chars: int, **kw) -> Score:
     """The score of an evenly spread sample of about ``chars`` targets of ``ids``: the
     first ⌈chars / B⌉ targets of each of the B rows ``score_ids`` uses, each row
     warmed up as there. With ``chars`` ≥ the targets of ``ids``, this is ``score_ids``."""
-    return score_ids(model, ids, row_limit=_row_limit(len(ids) - 1, chars, **kw), **kw)
+    return score_ids(model, ids, **sample_row_limit(len(ids), chars, **kw), **kw)
 
 
 def _row_limit(
@@ -183,23 +183,52 @@ def pass_step_seconds(model: CharModel, batch_size: int = EVAL_BATCH, steps: int
     return (time.perf_counter() - t0) / steps
 
 
+class HeldOutScoring:
+    """How a training run scores its held-out text: in this process, with all its BLAS
+    threads (``charlm.mpistep.RankScoring``: each MPI rank its block of the rows)."""
+
+    def __init__(self, model: CharModel) -> None:
+        self.model = model
+
+    def score(self, ids: np.ndarray, chars: int | None = None) -> Score:
+        """The Score of ``ids``, or of its spread sample of ``chars`` targets (``score_sample``)."""
+        return score_ids(self.model, ids) if chars is None else score_sample(self.model, ids, chars)
+
+    def pass_step_seconds(self) -> float:
+        """Seconds a time step of ``score``'s passes takes now (see ``pass_step_seconds``)."""
+        return pass_step_seconds(self.model)
+
+
 def score_ids(model: CharModel, ids: np.ndarray, unknown: int = 0, parallel: bool = False, **kw) -> Score:
     """The Score of every target of ``ids``; with ``parallel``, a long text's rows are
     split over processes, one block per core (``charlm.rowsplit``)."""
     from charlm import rowsplit
 
     def block(rows: slice) -> tuple[float, int]:
-        total, count = 0.0, 0
-        for _, nats in surprisal_chunks(model, ids, rows=rows, **kw):
-            total += float(nats.sum())
-            count += nats.size
-        return total, count
+        return block_nats(model, ids, rows, **kw)
 
     n_targets = len(ids) - 1
     B = row_layout(n_targets, kw.get("batch_size", EVAL_BATCH), kw.get("min_row", EVAL_MIN_ROW))[0]
     processes = rowsplit.processes_for(n_targets, B) if parallel else 1
     total, count = block(slice(None)) if processes == 1 else rowsplit.score_blocks(block, rowsplit.blocks(B, processes))
     return Score(total, count, unknown)
+
+
+def block_nats(model: CharModel, ids: np.ndarray, rows: slice = slice(None), **kw) -> tuple[float, int]:
+    """(Σ −log p in nats, targets) of the rows ``rows`` of the B rows ``score_ids`` scores
+    ``ids`` in: the share of one process when the rows are split over several."""
+    total, count = 0.0, 0
+    for _, nats in surprisal_chunks(model, ids, rows=rows, **kw):
+        total += float(nats.sum())
+        count += nats.size
+    return total, count
+
+
+def sample_row_limit(n_ids: int, chars: int | None, **kw) -> dict:
+    """The keyword ``score_ids`` and ``block_nats`` take to score ``score_sample``'s spread
+    sample of ``chars`` targets of ``n_ids`` ids (none: all of them)."""
+    limit = _row_limit(n_ids - 1, chars, **kw)
+    return {} if limit is None else {"row_limit": limit}
 
 
 def surprisal(model: CharModel, ids: np.ndarray, **kw) -> np.ndarray:

@@ -12,6 +12,9 @@ that every rank holds the whole batch's gradient, loss and state a<t> (c<t>) and
 applies the same clipping and Adam update. With two ranks the sums are those of
 ``--threads 2`` in the same order, so the losses are the same.
 
+Validation is split the same way (``RankScoring``): each rank scores its block
+of the held-out text's rows, and one Allreduce sums the nats and the targets.
+
 A rank's own block can be split again over local worker processes
 (``threads`` > 1 blocks per rank, ``charlm.parallel.DataParallel``). A rank whose
 block fails still takes part in the collectives, and then every rank raises
@@ -27,6 +30,15 @@ import numpy as np
 
 from charlm import blas
 from charlm.errors import ConfigError, WorkerError
+from charlm.evaluate import (
+    EVAL_BATCH,
+    HeldOutScoring,
+    Score,
+    block_nats,
+    pass_step_seconds,
+    row_layout,
+    sample_row_limit,
+)
 from charlm.model import CharModel, State
 from charlm.parallel import DataParallel, row_block, row_blocks
 from charlm.session import MPISession
@@ -100,9 +112,7 @@ class MPIDataParallel:
         comm.Allreduce(MPI.IN_PLACE, grad, op=MPI.SUM)
         comm.Allreduce(MPI.IN_PLACE, pair, op=MPI.SUM)
         if pair[1] > 0:
-            reports = comm.allgather(None if failure is None else f"{type(failure).__name__}: {failure}")
-            rank = next(r for r, text in enumerate(reports) if text is not None)
-            raise WorkerError(f"MPI rank {rank} failed in its row block ({str(reports[rank]).rstrip('.')}).")
+            raise _failed_rank(self.session, failure, "in its row block")
         return float(pair[0]), self._gather_state(new_state, blocks)
 
     def _gather_state(self, own: State, blocks: list[slice]) -> State:
@@ -132,6 +142,51 @@ class MPIDataParallel:
         self.local.close()
 
 
+class RankScoring(HeldOutScoring):
+    """Held-out scoring split over the ranks: rank r scores its block ``row_blocks(B, N)[r]``
+    of the B rows ``score_ids`` uses (the same rows, warm-up and sample as one process), and
+    one Allreduce sums (Σ −log p, targets, failed). Every rank does its share at once, on its
+    share of the machine's cores, so none waits alone for rank 0 to validate."""
+
+    def __init__(self, model: CharModel, session: MPISession) -> None:
+        super().__init__(model)
+        self.session = session
+        self.blas_threads = max(1, (os.cpu_count() or 1) // session.local_size)  # the ranks on this machine share it
+
+    def score(self, ids: np.ndarray, chars: int | None = None) -> Score:
+        MPI, comm = self.session.MPI, self.session.comm
+        rows = self._rows(row_layout(len(ids) - 1)[0])
+        failure, total, count = None, 0.0, 0
+        try:
+            if rows is not None:
+                with blas.limit(self.blas_threads):
+                    total, count = block_nats(self.model, ids, rows, **sample_row_limit(len(ids), chars))
+        except Exception as e:  # still take part in the sum, so no rank waits alone
+            failure = e
+        sums = np.array([total, count, 0.0 if failure is None else 1.0])
+        comm.Allreduce(MPI.IN_PLACE, sums, op=MPI.SUM)
+        if sums[2] > 0:
+            raise _failed_rank(self.session, failure, "scoring its rows of the held-out text")
+        return Score(float(sums[0]), int(sums[1]))
+
+    def pass_step_seconds(self) -> float:
+        rows = self._rows(EVAL_BATCH)
+        with blas.limit(self.blas_threads):
+            return pass_step_seconds(self.model, batch_size=rows.stop - rows.start if rows is not None else 1)
+
+    def _rows(self, B: int) -> slice | None:
+        """This rank's block of B rows; None when there are fewer rows than ranks and none is left for it."""
+        blocks = row_blocks(B, min(B, self.session.size))
+        return blocks[self.session.rank] if self.session.rank < len(blocks) else None
+
+
+def _failed_rank(session: MPISession, failure: Exception | None, doing: str) -> WorkerError:
+    """The error every rank raises after a rank's ``failure`` (None on the others) while ``doing``."""
+    reports = session.comm.allgather(None if failure is None else f"{type(failure).__name__}: {failure}")
+    rank = next(r for r, text in enumerate(reports) if text is not None)
+    return WorkerError(f"MPI rank {rank} failed {doing} ({str(reports[rank]).rstrip('.')}).")
+
+
 def distribute(trainer, session: MPISession) -> None:
     """Make ``trainer`` (a ``charlm.train.Trainer``) one rank of ``session``'s MPI job: it
     computes its row block of every batch (``threads`` blocks of its own, 1 if 0), and
@@ -140,3 +195,4 @@ def distribute(trainer, session: MPISession) -> None:
     stop_requested = lambda: trainer.stop_signal is not None  # noqa: E731
     trainer.stepper = MPIDataParallel(trainer.model, session, c.batch_size, c.threads or 1, stop_requested)
     trainer.session = session
+    trainer.validation.scoring = RankScoring(trainer.model, session)

@@ -67,6 +67,13 @@ class LocalSession:
     def gather(self, obj: object) -> list:
         return [obj]
 
+    def share(self, obj: object) -> object:
+        """Rank 0's ``obj`` (small and picklable), on every rank."""
+        return obj
+
+    def share_array(self, array: np.ndarray) -> None:
+        """Rank 0's ``array`` into ``array`` on every rank (in place)."""
+
 
 class MPISession(LocalSession):
     """This process as one rank of ``MPI.COMM_WORLD``."""
@@ -120,6 +127,12 @@ class MPISession(LocalSession):
     def gather(self, obj: object) -> list:
         """Every rank's ``obj`` (small and picklable), in rank order, on every rank."""
         return self.comm.allgather(obj)
+
+    def share(self, obj: object) -> object:
+        return self.comm.bcast(obj, root=0)
+
+    def share_array(self, array: np.ndarray) -> None:
+        self.comm.Bcast(array, root=0)
 
 
 def start_session() -> LocalSession:

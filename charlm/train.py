@@ -46,7 +46,7 @@ from charlm.config import TrainConfig, TrainState
 from charlm.corpus import Corpus
 from charlm.data import BatchStream
 from charlm.errors import CharlmError, CheckpointError, TrainingDiverged, WorkerError
-from charlm.evaluate import pass_step_seconds, scoring_steps
+from charlm.evaluate import scoring_steps
 from charlm.model import CharModel
 from charlm.optim import Adam, clip_grad_norm_, learning_rate, timed_learning_rate
 from charlm.parallel import DataParallel, default_workers
@@ -167,8 +167,8 @@ class Trainer:
             scoring_steps(n, self.validation.sample_chars),
             scoring_steps(n) if n > 1 else 0,
         )
-        if n > 1:
-            budget.note_validation(pass_step_seconds(self.model), 1)
+        if n > 1:  # under MPI timed on every rank at once, each on its rows, as the ranks then validate
+            budget.note_validation(self.validation.scoring.pass_step_seconds(), 1)
         return budget
 
     def _plan_step(self) -> Plan | None:
@@ -192,8 +192,9 @@ class Trainer:
 
     def _loop(self) -> TrainSummary:
         c = self.config
-        root = self.session.root  # under MPI, rank 0 plans, validates and writes; see charlm.session
-        self.budget = budget = self._plan_budget() if root else None
+        root = self.session.root  # under MPI, rank 0 plans and writes; see charlm.session
+        budget = self._plan_budget()
+        self.budget = budget = budget if root else None
         self.callbacks.on_start(self)
         window_loss, window_steps, window_t = 0.0, 0, time.perf_counter()
         loss = math.nan
@@ -217,7 +218,7 @@ class Trainer:
             self.callbacks.on_step(self, loss)
             if budget is not None:
                 budget.note_step(time.perf_counter() - t0)
-            if root and self.step % c.eval_every == 0:
+            if self.step % c.eval_every == 0:  # under MPI every rank scores its rows of the held-out text
                 rate = window_steps * self.chars_per_step / max(time.perf_counter() - window_t, 1e-9)
                 self.validation.evaluate(window_loss / window_steps, rate)
                 window_loss, window_steps, window_t = 0.0, 0, time.perf_counter()
@@ -227,7 +228,7 @@ class Trainer:
             self.elapsed = self.clock()
             if self.saved_step != self.step:
                 self.save(self.folder.last)
-        elif root:
+        else:
             if window_steps or not self.history:
                 rate = window_steps * self.chars_per_step / max(time.perf_counter() - window_t, 1e-9)
                 self.validation.evaluate(window_loss / max(window_steps, 1) if window_steps else loss, rate)

@@ -7,7 +7,8 @@ run folder records it (``charlm.runfolder.RunFolder``: ``last.safetensors``,
 When the budget is used up, the final weights are validated on the sample if
 they were not yet, and the best weights once on the whole held-out text (up to
 ``val_chars``): that figure is the run's ``best_val``, in the summary and in
-both checkpoints.
+both checkpoints. Under MPI every rank validates (its block of the rows,
+``charlm.mpistep.RankScoring``) and rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from charlm import checkpoint
-from charlm.evaluate import Score, score_ids, score_sample, scoring_steps
+from charlm.errors import CharlmError, WorkerError
+from charlm.evaluate import HeldOutScoring, Score, scoring_steps
 from charlm.sample import warmed_state
 
 if TYPE_CHECKING:
@@ -44,6 +46,7 @@ class Validation:
         self.best_sample = math.inf  # best validation on the sample, what each validation is compared with
         self.best_step = 0
         self.val_curve: list[list[float]] = []  # [step, val loss] of every validation of the run
+        self.scoring = HeldOutScoring(trainer.model)  # under MPI every rank scores its rows (charlm.mpistep)
         self.final_chars = 0  # held-out characters the final validation read (0: not run)
 
     def score(self, whole: bool) -> Score | None:
@@ -54,7 +57,7 @@ class Validation:
         if n <= 1:
             return None
         t0 = time.perf_counter()
-        score = score_ids(t.model, self.val_ids) if whole else score_sample(t.model, self.val_ids, VAL_SAMPLE)
+        score = self.scoring.score(self.val_ids, None if whole else VAL_SAMPLE)
         if not math.isfinite(score.nats_per_char):
             raise t.diverged("the validation loss is not finite", t.step)
         if t.budget is not None:
@@ -87,7 +90,8 @@ class Validation:
             self.best_sample = self.best_val = val
         if improved:
             self.best_step = t.step
-        t.folder.record(t.save, record, improved)
+        if t.session.root:  # under MPI every rank validates its rows, rank 0 alone writes
+            t.folder.record(t.save, record, improved)
         t.callbacks.on_eval(t, record)
         return record
 
@@ -102,13 +106,13 @@ class Validation:
         if len(self.val_ids) <= 1:
             t.elapsed = t.clock()
             return None
-        if not t.folder.best.is_file():  # removed by hand: the final weights are the best there are
-            self.best_step = t.step
+        best = self._read_best()
         earlier = self.best_step != t.step
         if earlier:  # the best weights are those of an earlier validation: score them, then go back
-            best = checkpoint.load(t.folder.best, memory_for=None)  # counted in the run's estimate
             current = t.model.flat.copy()
-            t.model.load_params(best.params)
+            if best is not None:
+                t.model.load_params(best.params)
+            t.session.share_array(t.model.flat)  # under MPI rank 0 alone has read them
         try:
             score = self.score(whole=True)
         finally:
@@ -125,6 +129,8 @@ class Validation:
             "val_chars": score.chars,
             "elapsed": round(t.elapsed, 2),
         }
+        if not t.session.root:  # under MPI rank 0 alone writes
+            return record
         if earlier:
             self._rewrite_best(best)
         else:
@@ -133,6 +139,27 @@ class Validation:
         t.folder.log(record)
         t.callbacks.on_final(t, record)
         return record
+
+    def _read_best(self) -> checkpoint.Checkpoint | None:
+        """On rank 0 (or alone): best.safetensors when it holds earlier weights than the
+        final ones, else None. Under MPI every rank then has rank 0's ``best_step``, and
+        an error reading it stops every rank (``LocalSession.share``)."""
+        t = self.trainer
+        best, error = None, None
+        if t.session.root:
+            if not t.folder.best.is_file():  # removed by hand: the final weights are the best there are
+                self.best_step = t.step
+            try:
+                if self.best_step != t.step:
+                    best = checkpoint.load(t.folder.best, memory_for=None)  # counted in the run's estimate
+            except CharlmError as e:
+                error = e
+        failed, self.best_step = t.session.share((error is not None, self.best_step))
+        if error is not None:
+            raise error
+        if failed:
+            raise WorkerError("MPI rank 0 could not read the best weights to validate them.")
+        return best
 
     def _rewrite_best(self, best: checkpoint.Checkpoint) -> None:
         """best.safetensors again, as it was but with the whole held-out text's best_val."""

@@ -8,6 +8,7 @@ ends the whole job when one rank dies.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 import uuid
 from pathlib import Path
 
@@ -150,6 +152,47 @@ def test_local_session_decides_alone():
     assert s.agree(lambda: pytest.fail("no plan after a stop"), 15) == (15, None)
 
 
+class OneRankView:
+    """A rank of an N-rank session seen alone: its collectives leave the arrays as they are,
+    so ``RankScoring.score`` returns this rank's own share."""
+
+    def __init__(self, rank: int, size: int) -> None:
+        self.rank, self.size, self.local_size, self.root = rank, size, size, rank == 0
+        self.MPI = types.SimpleNamespace(IN_PLACE=None, SUM=None)
+        self.comm = types.SimpleNamespace(Allreduce=lambda *a, **k: None)
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+@pytest.mark.parametrize("chars", [None, 1000])
+def test_the_ranks_shares_of_a_validation_add_up_to_one_process_score(ranks, chars):
+    from charlm.config import ModelConfig
+    from charlm.evaluate import score_ids, score_sample
+    from charlm.model import CharModel
+    from charlm.mpistep import RankScoring
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 7, 40_000).astype(np.uint8)  # 64 rows of 624 targets, and a leftover tail
+    model = CharModel(ModelConfig(7, embed=3, hidden=6, layers=2), dtype=np.float64, seed=2)
+    whole = score_ids(model, ids) if chars is None else score_sample(model, ids, chars)
+    shares = [RankScoring(model, OneRankView(r, ranks)).score(ids, chars) for r in range(ranks)]
+    assert all(s.chars > 0 for s in shares)
+    assert sum(s.chars for s in shares) == whole.chars
+    assert sum(s.nats for s in shares) == pytest.approx(whole.nats, rel=1e-12)
+
+
+def test_a_rank_left_without_rows_scores_nothing():
+    from charlm.config import ModelConfig
+    from charlm.evaluate import score_ids
+    from charlm.model import CharModel
+    from charlm.mpistep import RankScoring
+
+    ids = np.arange(100, dtype=np.uint8) % 5  # 99 targets: one row
+    model = CharModel(ModelConfig(5, embed=3, hidden=4, layers=1), dtype=np.float64, seed=2)
+    shares = [RankScoring(model, OneRankView(r, 2)).score(ids) for r in range(2)]
+    assert [s.chars for s in shares] == [99, 0]
+    assert shares[0].nats == pytest.approx(score_ids(model, ids).nats, rel=1e-12)
+
+
 def test_every_row_block_needs_a_row():
     check_rows(4, 4)
     with pytest.raises(ConfigError, match="3 is too small for 4 MPI ranks: each row block needs a row"):
@@ -193,7 +236,6 @@ def test_two_ranks_train_as_two_row_blocks_and_only_rank_0_writes(tmp_path, smal
 
     # the same losses, weights, Adam moments and carried state: here bit for bit
     def records(root: Path) -> list[dict]:
-        import json
 
         lines = (root / "runs" / "r" / "metrics.jsonl").read_text().splitlines()
         return [{k: v for k, v in json.loads(x).items() if k not in ("elapsed", "chars_per_s")} for x in lines]
@@ -360,3 +402,18 @@ def test_ranks_that_read_different_text_stop_with_one_line(tmp_path, small_corpu
         "file and options (a shared file system)."
     ]
     assert not (tmp_path / "runs" / "r").exists()
+
+
+@pytest.mark.slow
+def test_a_budget_in_minutes_under_mpi_is_spent_training_not_waiting_for_validation(tmp_path):
+    """The held-out text is scored by every rank, its rows split, and timed so: the reserve for
+    the final validation fits what it takes, and most of the budget goes to training (timed
+    on rank 0 alone, beside a rank spinning in a collective, the run trained one step)."""
+    args = ["shakespeare", "--minutes", "0.2", "--hidden", "128", "--layers", "1", "--name", "r"]
+    r = mpi_train(tmp_path, *args)
+    assert r.returncode == 0, r.stderr
+    records = [json.loads(x) for x in (tmp_path / "runs" / "r" / "metrics.jsonl").read_text().splitlines()]
+    final = records[-1]
+    assert final["val_chars"] == 111_538  # the whole held-out tail was scored, by both ranks together
+    last = checkpoint.load(tmp_path / "runs" / "r" / "last.safetensors").state
+    assert last.train_seconds > 0.3 * last.elapsed, records  # it was 1%: one step, then validation

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
+import charlm.evaluate
 import charlm.train
-import charlm.validation
 from charlm import checkpoint
 from charlm.cells.base import Workspace
 from charlm.config import ModelConfig, TrainConfig
@@ -70,7 +70,7 @@ class FakeSample:
 
 
 def test_the_end_scores_the_best_weights_on_all_the_held_out_text(small_corpus, tmp_path, monkeypatch):
-    monkeypatch.setattr(charlm.validation, "score_sample", FakeSample([3.0, 2.0, 2.5]))
+    monkeypatch.setattr(charlm.evaluate, "score_sample", FakeSample([3.0, 2.0, 2.5]))
     cfg = TrainConfig(batch_size=4, seq_len=16, steps=12, eval_every=4, threads=1, seed=1)
     trainer = prepare_run(small_corpus, tmp_path / "run", ModelConfig(hidden=8, embed=4, layers=1), cfg)
     best_before = None
