@@ -24,8 +24,8 @@ A worker's model reads its parameters from, and writes its gradient into,
 files in shared memory (``/dev/shm`` where there is one) that this process maps
 as well. Each step copies the parameters there, writes the worker's ids,
 targets, carried state and dropout masks into its exchange file, and sends one
-JSON line on the worker's stdin; the worker answers with one line (its loss,
-or the error it met). Nothing is pickled. The files are unlinked as soon as
+message through a pipe (``multiprocessing.connection`` framing, a JSON object);
+the worker answers with one (its loss, or the error it met). Nothing is pickled. The files are unlinked as soon as
 the worker has mapped them, so nothing is left behind in ``/dev/shm``.
 
 Results are deterministic for a given number of workers: each block's
@@ -52,7 +52,7 @@ from charlm import blas
 from charlm.errors import CharlmError, WorkerError
 from charlm.model import CharModel, State
 from charlm.sharedmem import remove, shared_file
-from charlm.workerproc import GRACE_S, SLOW_FACTOR, START_WAIT_S, Wait, WorkerProcess, min_wait, stop_process
+from charlm.workerproc import GRACE_S, SLOW_FACTOR, START_WAIT_S, Pipes, Wait, WorkerProcess, min_wait, stop_process
 
 MIN_ROWS_PER_WORKER = 8  # smaller blocks make the per-step matrix products inefficient
 
@@ -77,10 +77,10 @@ def row_blocks(B: int, workers: int) -> list[slice]:
     return [slice(int(a), int(b)) for a, b in pairwise(bounds) if b > a]
 
 
-def _cleanup(procs: list[subprocess.Popen], paths: list[str]) -> None:
+def _cleanup(procs: list[tuple[subprocess.Popen, Pipes]], paths: list[str]) -> None:
     """Stop the workers and remove the shared files: at close, on collection or at exit."""
-    for proc in procs:
-        stop_process(proc)
+    for proc, pipes in procs:
+        stop_process(proc, pipes)
     for path in paths:
         remove(path)
     paths.clear()
@@ -262,11 +262,11 @@ class DataParallel:
             self._params_path, buf = shared_file(self.model.flat.nbytes)
             self._unlink.append(self._params_path)
             self._params = np.frombuffer(buf, self.model.dtype, self.model.num_params)
-            procs: list[subprocess.Popen] = []
+            procs: list[tuple[subprocess.Popen, Pipes]] = []
             self._finalizer = weakref.finalize(self, _cleanup, procs, self._unlink)
             for k in range(1, n + 1):
                 self._procs.append(WorkerProcess(k, self.model, self._params_path, self._unlink))
-                procs.append(self._procs[-1].proc)
+                procs.append((self._procs[-1].proc, self._procs[-1].pipes))
         return self._procs
 
     def workers_peak_rss_mb(self) -> float:

@@ -1,7 +1,8 @@
 """A worker process of ``charlm.parallel.DataParallel``: ``python -m charlm.worker``.
 
-It reads one JSON line per request on stdin and answers with one JSON line on
-stdout. The first line describes the model and names the shared files holding
+It reads one message per request from the pipe on its stdin and answers with
+one message on the pipe on its stdout (``multiprocessing.connection`` framing,
+each message a JSON object; nothing is pickled). The first line describes the model and names the shared files holding
 its parameters (read) and gradient (written); each ``step`` line names an
 exchange file with the block's ids, targets, carried state and dropout masks,
 into which the final state is written back. The worker computes
@@ -18,6 +19,8 @@ import json
 import resource
 import signal
 import sys
+from collections.abc import Iterator
+from multiprocessing.connection import Connection
 
 import numpy as np
 
@@ -26,14 +29,25 @@ from charlm.model import CharModel, ModelConfig
 from charlm.sharedmem import exchange_layout, exchange_views, map_file
 
 
-def _answer(out, **fields) -> None:
+def _answer(out: Connection, **fields) -> None:
     fields["peak_rss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    out.write(json.dumps(fields).encode() + b"\n")
-    out.flush()
+    out.send_bytes(json.dumps(fields).encode())
 
 
-def serve(inp, out) -> None:
-    init = json.loads(inp.readline())
+def _requests(inp: Connection) -> Iterator[dict]:
+    """Each request, until the main process closes its end of the pipe."""
+    while True:
+        try:
+            yield json.loads(inp.recv_bytes())
+        except EOFError:
+            return
+
+
+def serve(inp: Connection, out: Connection) -> None:
+    requests = _requests(inp)
+    init = next(requests, None)
+    if init is None:
+        return
     config = ModelConfig.from_dict(init["config"])
     dtype = np.dtype(init["dtype"])
     P = CharModel.count_params(config)
@@ -41,8 +55,7 @@ def serve(inp, out) -> None:
     model = CharModel(config, dtype, flat=np.frombuffer(params, dtype, P), grad_flat=np.frombuffer(grad, dtype, P))
     _answer(out, ok=True, blas_threads=blas.threads())
     exchange_path, x = None, {}
-    for line in inp:
-        msg = json.loads(line)
+    for msg in requests:
         try:
             if msg["exchange"] != exchange_path:
                 layout, _ = exchange_layout(model, msg["T"], msg["B"], msg["masks"])
@@ -64,7 +77,7 @@ def serve(inp, out) -> None:
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     blas.limit_process(1)
-    serve(sys.stdin.buffer, sys.stdout.buffer)
+    serve(Connection(sys.stdin.fileno(), writable=False), Connection(sys.stdout.fileno(), readable=False))
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 """A training worker process as the main process sees it: started, sent a step,
 its answer awaited for a limited time, stopped.
 
-The worker (``python -m charlm.worker``, see ``charlm.worker``) answers each
-step with one JSON line on its stdout. The main process waits for that line
-with ``select``, in slices of POLL_S, so that a worker that never answers (a
-stopped or hung process) neither hangs the run nor deafens it to Ctrl-C: a
-``Wait`` ends after its timeout, or GRACE_S after a stop is requested, and the
-worker is then reported (``WorkerError``) and terminated.
+The two talk through a pair of pipes, framed by the standard library's
+``multiprocessing.connection.Connection`` (length-prefixed messages, each one
+JSON object: nothing is pickled). The worker (``python -m charlm.worker``, see
+``charlm.worker``) answers each step with one message. The main process polls
+for it in slices of POLL_S, so that a worker that never answers (a stopped or
+hung process) neither hangs the run nor deafens it to Ctrl-C: a ``Wait`` ends
+after its timeout, or GRACE_S after a stop is requested, and the worker is then
+reported (``WorkerError``) and terminated.
 
 How long a step may take is measured, not guessed: the timeout is SLOW_FACTOR
 times the slowest row block so far (this process's own included, so it holds
@@ -19,13 +21,13 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import numpy as np
@@ -122,7 +124,6 @@ class WorkerProcess:
         self._mapped = [grad_path]  # files the worker maps before its next answer
         self._exchange_key = None
         self._exchange: dict[str, np.ndarray] = {}
-        self._pending = b""  # bytes of the worker's stdout not yet part of a whole line
         self.ready = False  # the worker's first line (after init) has been read
         self.blas_threads = 0  # the BLAS threads the worker runs with, as its first line says
         self.peak_rss_kb = 0
@@ -131,14 +132,24 @@ class WorkerProcess:
         env.update(dict.fromkeys(ONE_THREAD_ENV, "1"))
         package_root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "charlm.worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            env=env,
-            start_new_session=True,  # Ctrl-C reaches the main process only, which decides when to stop
-        )
+        to_worker, from_worker = os.pipe(), os.pipe()  # (read end, write end) each
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "charlm.worker"],
+                stdin=to_worker[0],
+                stdout=from_worker[1],
+                stderr=self._stderr,
+                env=env,
+                start_new_session=True,  # Ctrl-C reaches the main process only, which decides when to stop
+            )
+        except BaseException:
+            os.close(to_worker[1])
+            os.close(from_worker[0])
+            raise
+        finally:  # the worker's ends: its own now
+            os.close(to_worker[0])
+            os.close(from_worker[1])
+        self.pipes = Pipes(Connection(to_worker[1], readable=False), Connection(from_worker[0], writable=False))
         self._send(
             {
                 "op": "init",
@@ -198,13 +209,12 @@ class WorkerProcess:
 
     def _send(self, message: dict) -> None:
         try:
-            self.proc.stdin.write(json.dumps(message).encode() + b"\n")
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError):
+            self.pipes.to_worker.send_bytes(json.dumps(message).encode())
+        except OSError:  # BrokenPipeError: the worker has ended
             raise self._died() from None
 
     def _read(self, wait: Wait) -> dict:
-        reply = json.loads(self._read_line(wait))
+        reply = json.loads(self._receive(wait))
         self.peak_rss_kb = max(self.peak_rss_kb, reply.get("peak_rss_kb", 0))
         if reply["ok"]:
             return reply
@@ -214,22 +224,16 @@ class WorkerProcess:
             raise MemoryError(reply["message"])
         raise CharlmError(f"training worker process {self.index} failed: {reply['error']}: {reply['message']}")
 
-    def _read_line(self, wait: Wait) -> bytes:
-        """The worker's next line, read from the pipe itself (not through a buffer
-        ``select`` cannot see), waiting in slices of POLL_S until ``wait`` ends."""
-        fd = self.proc.stdout.fileno()
-        while (end := self._pending.find(b"\n")) < 0:
-            left = wait.left()
-            if left <= 0:
-                raise self._stalled(wait)
-            readable, _, _ = select.select([fd], [], [], min(left, POLL_S))
-            if readable:
-                chunk = os.read(fd, 1 << 16)
-                if not chunk:
-                    raise self._died()
-                self._pending += chunk
-        line, self._pending = self._pending[:end], self._pending[end + 1 :]
-        return line
+    def _receive(self, wait: Wait) -> bytes:
+        """The worker's next message, polled for in slices of POLL_S until ``wait`` ends."""
+        pipe = self.pipes.from_worker
+        try:
+            while not pipe.poll(min(max(wait.left(), 0.0), POLL_S)):
+                if wait.left() <= 0:
+                    raise self._stalled(wait)
+            return pipe.recv_bytes()
+        except (EOFError, OSError):  # the worker ended: its end of the pipe closed
+            raise self._died() from None
 
     def _stalled(self, wait: Wait) -> WorkerError:
         why = process_state(self.proc.pid)
@@ -261,13 +265,24 @@ class WorkerProcess:
         )
 
 
-def stop_process(proc: subprocess.Popen) -> None:
-    """Close the worker's stdin (it exits at end of input) and wait; terminate it if it
-    has not ended 10 s later, or as soon as it is stopped (it cannot read that end then)."""
-    try:
-        proc.stdin.close()
-    except OSError:
-        pass
+class Pipes:
+    """The main process's ends of the two pipes to a worker."""
+
+    def __init__(self, to_worker: Connection, from_worker: Connection) -> None:
+        self.to_worker = to_worker
+        self.from_worker = from_worker
+
+    def close(self, which: str = "both") -> None:
+        for name in ("to_worker", "from_worker") if which == "both" else (which,):
+            conn = getattr(self, name)
+            if not conn.closed:
+                conn.close()
+
+
+def stop_process(proc: subprocess.Popen, pipes: Pipes) -> None:
+    """Close the pipe to the worker (it exits at the end of its input) and wait; terminate
+    it if it has not ended 10 s later, or as soon as it is stopped (it cannot read that end then)."""
+    pipes.close("to_worker")
     deadline = time.monotonic() + 10.0
     while proc.poll() is None:
         if state_letter(proc.pid) in ("T", "t") or time.monotonic() > deadline:
@@ -277,7 +292,7 @@ def stop_process(proc: subprocess.Popen) -> None:
             proc.wait(timeout=POLL_S / 2)
         except subprocess.TimeoutExpired:
             pass
-    proc.stdout.close()
+    pipes.close()
 
 
 def terminate(proc: subprocess.Popen) -> None:
