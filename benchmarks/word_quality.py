@@ -282,6 +282,7 @@ def train_peer(recipe: str, train, val, V: int, seconds: float, seed: int) -> tu
             lr /= ANNEAL
     model.load_state_dict(best_state)
     result = {"recipe": recipe, "best_val": round(best, 6), "steps": step, "tokens": step * B * T,
+              "steps_per_epoch": math.ceil((len(columns) - 1) / T),
               "elapsed": history[-1]["elapsed"], "history": history, "torch_threads": torch.get_num_threads()}  # fmt: skip
     return result, model
 
@@ -321,22 +322,26 @@ def render(r: dict, command: str, started: datetime, load: tuple[float, float]) 
         "",
         "| model | training | nats/word | perplexity | bits/char |",
         "| --- | --- | ---: | ---: | ---: |",
-        row("charlm word model, its defaults", f"{c['steps']:,} steps, {c['tokens']:,} tokens", c["heldout_nats"]),
+        row(
+            "charlm word model, its defaults",
+            f"{c['steps']:,} steps ({c['history'][-2]['epoch']:.1f} epochs)",
+            c["heldout_nats"],
+        ),
         row(
             "PyTorch peer, the example's SGD recipe",
-            f"{sgd['steps']:,} steps, {len(sgd['history'])} epochs",
+            f"{sgd['steps']:,} steps ({sgd['steps'] / sgd['steps_per_epoch']:.1f} epochs)",
             sgd["heldout_nats"],
         ),
         row(
             "PyTorch peer, Adam (charlm's recipe)",
-            f"{adam['steps']:,} steps, {len(adam['history'])} epochs",
+            f"{adam['steps']:,} steps ({adam['steps'] / adam['steps_per_epoch']:.1f} epochs)",
             adam["heldout_nats"],
         ),
         row("bigram, interpolated Kneser–Ney (d = 0.75)", "counts of the training tokens", r["bigram_nats"]),
         row("unigram, add-one", "counts of the training tokens", r["unigram_nats"]),
         row("shipped character model `news`", "2×512 LSTM, 7 epochs (see the README)", char["nats_total"]),
         "",
-        f"Goal: charlm no worse per word than the peer with its better recipe ({best_peer['recipe']}): "
+        f"Goal: charlm no worse per word than the peer with its better recipe ({best_peer['recipe'].replace('sgd', 'SGD').replace('adam', 'Adam')}): "
         f"{'**met**' if c['heldout_nats'] <= best_peer['heldout_nats'] else '**not met**'} "
         f"({(c['heldout_nats'] - best_peer['heldout_nats']) / h['tokens']:+.4f} nats/word). charlm's own "
         f"validation at the end of its run (best weights, all {c['history'][-1]['val_chars']:,} held-out "
@@ -383,7 +388,7 @@ def measure(args) -> dict:
         if p["tokens"] != held.tokens or p["chars"] != held.chars:
             raise BenchError(f"charlm perplexity read {p['tokens']} tokens, {p['chars']} characters, not {held.tokens}")
         c["heldout_nats"], c["model"] = p["nats_per_word"] * p["tokens"], charlm_defaults()
-        c["perplexity"] = p
+        c["perplexity"] = {**p, "checkpoint": p["checkpoint"].replace(str(folder), "<tmpdir>")}
         char = charlm_perplexity(args.python, "news", folder / "heldout.txt")
         char["nats_total"] = char["nats_per_char"] * held.chars  # per character of the same text
         r["charlm"], r["char_model"] = c, char

@@ -62,8 +62,8 @@ def train(
             "model: words, numbers and punctuation marks are tokens, <UNK> stands for every word outside the "
             "vocabulary and <EOS> ends each sentence; see the README). A word model's defaults: --embed 200 "
             "--hidden 200 --dropout 0.65 --seq-len 35 --batch-size 32 --val-chars 50000 (tokens), unless given "
-            "(chosen by held-out nats/word after a few minutes on news). Recorded in the checkpoint, so sample, score, perplexity and --resume need "
-            "no flag."
+            "(chosen by held-out nats/word after a few minutes on news). Recorded in the checkpoint, so sample, "
+            "score, perplexity and --resume need no flag."
         ),
     ] = "char",
     vocab_size: Annotated[
