@@ -44,10 +44,28 @@ def resolve(name_or_path: str) -> tuple[Path, str]:
     return corpus_dir() / SHIPPED[name_or_path][0], name_or_path
 
 
-# Pretrained models, one per shipped corpus: charlm/models/NAME.safetensors in an
-# installed wheel, models/NAME.safetensors in a checkout. A model argument is
-# resolved to one of them, a run or a file by charlm.runs.find_model.
-SHIPPED_MODELS = ("shakespeare", "news")
+# Pretrained models: charlm/models/NAME.safetensors in an installed wheel,
+# models/NAME.safetensors in a checkout, each with the train command that makes one
+# like it (the Makefile's "shipped models" has the exact settings). A model argument
+# is resolved to one of them, a run or a file by charlm.runs.find_model.
+SHIPPED_MODEL_SOURCES = {  # name → (corpus, train options of its kind)
+    "shakespeare": ("shakespeare", ""),
+    "news": ("news", ""),
+    "news-words": ("news", "--unit word"),  # the lecture notes' word-level model
+}
+SHIPPED_MODELS = tuple(SHIPPED_MODEL_SOURCES)
+
+
+def training_command(name: str) -> str:
+    """The train command that makes a model like the shipped one called ``name`` (its run: runs/CORPUS)."""
+    corpus, options = SHIPPED_MODEL_SOURCES[name]
+    return f"charlm train {corpus} {options}".rstrip()
+
+
+def shipped_models_text() -> str:
+    """The shipped models' names as a sentence lists them: "a, b and c"."""
+    *rest, last = SHIPPED_MODELS
+    return f"{', '.join(rest)} and {last}" if rest else last
 
 
 def shipped_model(name: str) -> Path | None:

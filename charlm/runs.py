@@ -96,10 +96,12 @@ def find_model(name: str, runs: Path = DEFAULT_RUNS) -> FoundModel:
         found = corpora.shipped_model(key)
         if found is None:
             raise CharlmError(
-                f"no pretrained {key!r} model is shipped yet. Train one with 'charlm train {key}', "
-                f"then use its run folder, runs/{key}.",
+                f"no pretrained {key!r} model is shipped yet. Train one with '{corpora.training_command(key)}', "
+                f"then use its run folder, runs/{corpora.SHIPPED_MODEL_SOURCES[key][0]}.",
                 kind="model_not_shipped",
                 name=key,
+                train=corpora.training_command(key),
+                run=corpora.SHIPPED_MODEL_SOURCES[key][0],
             )
         run = next((runs / n for n in (name, key) if (runs / n).is_dir()), None)
         note = None if run is None else f"{name}: the shipped model; for your run of that name give its folder, {run}"
@@ -116,7 +118,7 @@ def _did_you_mean(name: str, runs: Path) -> str:
     close = difflib.get_close_matches(Path(name).name.lower(), names, n=3, cutoff=0.6)
     if close:
         return f" Did you mean {' or '.join(names[c] for c in close)}?"
-    return f" The shipped models are {' and '.join(corpora.SHIPPED_MODELS)}; runs are looked for in {runs}/."
+    return f" The shipped models are {corpora.shipped_models_text()}; runs are looked for in {runs}/."
 
 
 def resume_checkpoint(target: Path | None, runs: Path = DEFAULT_RUNS) -> Path:

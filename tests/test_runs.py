@@ -68,7 +68,7 @@ def test_info_and_perplexity_take_shipped_names_and_explain_a_typo(tmp_path, mon
     assert typo.exit_code == 1
     assert "shakspeare: no such checkpoint, run folder, run or shipped model. Did you mean shakespeare?" in typo.stderr
     far = runner.invoke(app, ["sample", "-m", "xyz", "-n", "5"])
-    assert far.exit_code == 1 and "The shipped models are shakespeare and news" in far.stderr
+    assert far.exit_code == 1 and "The shipped models are shakespeare, news and news-words" in far.stderr
 
 
 def test_runs_lists_newest_first(trained_run, small_corpus):

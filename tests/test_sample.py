@@ -500,6 +500,8 @@ def test_model_alias(tiny_checkpoint, monkeypatch):
     line = r.stderr.strip()
     assert len(line.splitlines()) == 1
     assert "no pretrained 'shakespeare' model is shipped yet" in line and "charlm train shakespeare" in line
+    words = runner.invoke(app, ["sample", "--model", "News-Words"]).stderr.strip()  # the word model's own command
+    assert "'charlm train news --unit word', then use --checkpoint runs/news." in words and "\n" not in words
     by_path = runner.invoke(app, ["sample", "-m", str(tiny_checkpoint), "-n", "40", "--seed", "3"])
     assert by_path.exit_code == 0, by_path.output
     assert by_path.stdout == sample_cli(tiny_checkpoint, "-n", "40", "--seed", "3").stdout

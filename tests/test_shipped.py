@@ -4,6 +4,7 @@ the CLI with no training."""
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 
@@ -22,10 +23,12 @@ from tests.test_cli import console_script
 
 runner = CliRunner()
 MAX_BYTES = 8 * 2**20  # small enough to ship in the wheel
+MAX_WORD_BYTES = 12 * 2**20  # a 10,000-word model: its embedding and decoder are most of it
+CHAR_MODELS = tuple(n for n in SHIPPED_MODELS if n != "news-words")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", SHIPPED_MODELS)
+@pytest.mark.parametrize("name", CHAR_MODELS)
 def test_shipped_model_is_small_float16_and_trained_on_its_corpus(name):
     path = shipped_model(name)
     assert path is not None, f"charlm/models/{name}.safetensors is missing: run 'make models'"
@@ -74,7 +77,7 @@ def test_info_shows_a_shipped_model():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", SHIPPED_MODELS)
+@pytest.mark.parametrize("name", CHAR_MODELS)
 def test_an_unprompted_sample_starts_from_a_warmed_up_state(name):
     """Training meets a zero state only at the start of a stream, so from it the
     model's next-character entropy at a line start is untypical (news: near
@@ -105,3 +108,56 @@ def test_an_unprompted_sample_starts_from_a_warmed_up_state(name):
     assert vocab.chars[first] == "\n"
     warm = entropy_after(sampler, first)
     assert abs(warm - typical) < abs(cold - typical), (cold, warm, typical)
+
+
+# --------------------------------------------------------------------------- #
+# The word model: news-words
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.slow
+def test_shipped_word_model_is_float16_under_12_mb_and_trained_on_news():
+    path = shipped_model("news-words")
+    assert path is not None, "charlm/models/news-words.safetensors is missing: run 'make model-news-words'"
+    assert path.stat().st_size <= MAX_WORD_BYTES
+    with safe_open(str(path), "np") as f:
+        weights = [k for k in f.keys() if not k.startswith("warm.")]
+        assert {f.get_slice(k).get_dtype() for k in weights} == {"F16"}
+        assert not any(k.startswith(("optimizer.", "state.")) for k in f.keys())
+    ck = load(path)
+    assert ck.vocab.unit == "word" and len(ck.vocab) == 10_002 and ck.warmed is not None
+    text = (corpus_dir() / "news.txt").read_text(encoding="utf-8")
+    assert ck.corpus.sha256 and ck.corpus.chars == len(text) and ck.corpus.tokens > 250_000
+    assert math.isfinite(ck.state.best_val) and ck.state.best_val < 6.0  # nats/word; chance: ln 10,002 ≈ 9.2
+    assert ck.train_config.threads == 2 and ck.train_config.seed == 1
+
+
+def test_info_says_the_shipped_word_model_is_a_word_model():
+    r = runner.invoke(app, ["info", "news-words", "--json"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)
+    assert info["unit"] == "word" and info["vocab_size"] == 10_002
+
+
+def test_sample_two_sentences_from_the_shipped_word_model():
+    r = runner.invoke(app, ["sample", "-m", "news-words", "--sentences", "2", "--seed", "0"])
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert len(lines) == 2 and r.stdout.endswith("\n") and all(line.strip() for line in lines)
+    assert all(line[0].isupper() or not line[0].isalpha() for line in lines)  # sentence starts capitalised
+    again = runner.invoke(app, ["sample", "-m", "news-words", "--sentences", "2", "--seed", "0"])
+    assert again.stdout == r.stdout
+
+
+@pytest.mark.slow
+def test_installed_script_scores_with_the_news_word_model(tmp_path):
+    text = (corpus_dir() / "news.txt").read_text(encoding="utf-8")[-5_000:]
+    (tmp_path / "tail.txt").write_text(text, encoding="utf-8")
+    r = subprocess.run(
+        [console_script(), "perplexity", "-m", "news-words", "tail.txt", "--json"],
+        cwd=tmp_path, capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    js = json.loads(r.stdout)
+    assert js["unit"] == "word" and js["nats_per_word"] < 6.5 and 0 < js["oov_rate"] < 0.2
+    assert js["chars"] == len(text) and js["bits_per_char"] < 2.5

@@ -11,7 +11,7 @@ import pytest
 
 from charlm import checkpoint
 from charlm.cli import run
-from charlm.config import ModelConfig, SampleConfig, TrainConfig, WordConfig
+from charlm.config import WORD_DEFAULTS, ModelConfig, SampleConfig, TrainConfig, WordConfig
 from charlm.errors import CheckpointError, ConfigError, CorpusError
 from charlm.model import CharModel
 from charlm.prepare import prepare_run
@@ -216,11 +216,23 @@ def word_run(tmp_path, word_corpus, monkeypatch, capsys) -> Path:
     return tmp_path / "runs" / "words"
 
 
+def test_word_defaults_yield_to_given_values(tmp_path, word_corpus, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = call(
+        capsys, ["train", str(word_corpus), "--unit", "word", "--steps", "1", "--dropout", "0.1", *TINY]
+    )
+    assert code == 0, err
+    ck = checkpoint.load(tmp_path / "runs" / "words" / "last.safetensors")
+    assert ck.config.dropout == 0.1 and WORD_DEFAULTS["dropout"] != 0.1
+    assert (ck.config.embed, ck.config.hidden) == (8, 16) and ck.train_config.seq_len == 8
+
+
 def test_cli_word_model(word_run, capsys):
     code, out, err = call(capsys, ["info", str(word_run)])
     assert code == 0
     fields = dict(re.match(r"(\S.*?)\s{2,}(.*)", line).groups() for line in out.splitlines() if line.strip())
     assert fields["unit"] == "word"
+    assert checkpoint.load(word_run / "best.safetensors").config.dropout == WORD_DEFAULTS["dropout"]  # not given
     assert fields["vocabulary"].startswith("14 tokens: the 12 most frequent")
     assert "OOV rate" in fields["corpus"] and "nats/word" in fields["best validation"]
     code, out, _ = call(capsys, ["info", str(word_run), "--json"])

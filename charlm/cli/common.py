@@ -67,8 +67,8 @@ WORDING: dict[str, str] = {
     "text file.",
     "unknown_chars": "{count} character(s) not in the model's vocabulary: {listed}. "
     "Remove them, or use --unknown skip to drop them.",
-    "model_not_shipped": "no pretrained {name!r} model is shipped yet. Train one with 'charlm train {name}', "
-    "then use --checkpoint runs/{name}.",
+    "model_not_shipped": "no pretrained {name!r} model is shipped yet. Train one with '{train}', "
+    "then use --checkpoint runs/{run}.",
     "export_destination": "{path} is {what}; export writes only regular files, with or without --force. "
     "Name a new file or an existing regular one.",
     "export_unchecked": "cannot look at {path} ({reason}). Export to a folder you can read and write.",
@@ -180,8 +180,9 @@ def user_errors(fn):
 
 
 MODEL_HELP = (
-    "The model: a checkpoint file, a run folder, a shipped model (shakespeare or news, any case) or the name of "
-    "a run under ./runs, tried in that order. Default: the newest run under ./runs, else the shipped shakespeare model."
+    "The model: a checkpoint file, a run folder, a shipped model (shakespeare, news or news-words, any case) or the "
+    "name of a run under ./runs, tried in that order. Default: the newest run under ./runs, else the shipped "
+    "shakespeare model."
 )
 # The two ways every model-reading command is told which model to read; both are resolved alike.
 CheckpointOption = Annotated[

@@ -45,8 +45,8 @@ def info(
     target: Annotated[
         str,
         typer.Argument(
-            help="A checkpoint file, a run folder (its best checkpoint), a shipped model (shakespeare, news) "
-            "or a run's name under ./runs.",
+            help="A checkpoint file, a run folder (its best checkpoint), a shipped model (shakespeare, news, "
+            "news-words) or a run's name under ./runs.",
             show_default=False,
         ),
     ],
