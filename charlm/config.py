@@ -156,10 +156,9 @@ class UnitNames:
 UNIT_NAMES = {"char": UnitNames("char", "chars", "characters"), "word": UnitNames("word", "words", "words")}
 
 # The word model's defaults where they differ from the character model's (a run whose unit is "word"),
-# chosen by held-out nats/word after 3.5 minutes on news (benchmarks/RESULTS.md, "Word model defaults"):
-# 200 wide takes more steps than 256 in the time and learns no less per step; dropout 0.65 beat 0.2, 0.5
-# and 0.8, as news's 233,000 training tokens are read many times over. val_chars counts tokens here: a
-# 10,000-word softmax makes each held-out token ~100 times as costly to score as a character.
+# chosen by held-out nats/word after a few minutes on news (benchmarks/RESULTS.md, "Word model defaults"):
+# a narrower model takes more steps in the time, and strong dropout pays on a small corpus read many times
+# over. val_chars counts tokens here: a 10,000-word softmax makes a held-out token far costlier to score.
 WORD_DEFAULTS = {"embed": 200, "hidden": 200, "dropout": 0.65, "seq_len": 35, "batch_size": 32, "val_chars": 50_000}
 
 
