@@ -45,21 +45,15 @@ def resolve(name_or_path: str) -> tuple[Path, str]:
 
 
 # Pretrained models: charlm/models/NAME.safetensors in an installed wheel,
-# models/NAME.safetensors in a checkout, each with the train command that makes one
-# like it (the Makefile's "shipped models" has the exact settings). A model argument
-# is resolved to one of them, a run or a file by charlm.runs.find_model.
-SHIPPED_MODEL_SOURCES = {  # name → (corpus, train options of its kind)
-    "shakespeare": ("shakespeare", ""),
-    "news": ("news", ""),
-    "news-words": ("news", "--unit word"),  # the lecture notes' word-level model
+# models/NAME.safetensors in a checkout, each with the corpus and unit a model like it
+# is trained on (the Makefile's "shipped models" has the exact settings). A model
+# argument is resolved to one of them, a run or a file by charlm.runs.find_model.
+SHIPPED_MODEL_SOURCES = {  # name → (corpus, unit)
+    "shakespeare": ("shakespeare", "char"),
+    "news": ("news", "char"),
+    "news-words": ("news", "word"),  # the lecture notes' word-level model
 }
 SHIPPED_MODELS = tuple(SHIPPED_MODEL_SOURCES)
-
-
-def training_command(name: str) -> str:
-    """The train command that makes a model like the shipped one called ``name`` (its run: runs/CORPUS)."""
-    corpus, options = SHIPPED_MODEL_SOURCES[name]
-    return f"charlm train {corpus} {options}".rstrip()
 
 
 def shipped_models_text() -> str:

@@ -95,13 +95,14 @@ def find_model(name: str, runs: Path = DEFAULT_RUNS) -> FoundModel:
     if key in corpora.SHIPPED_MODELS:
         found = corpora.shipped_model(key)
         if found is None:
+            corpus, unit = corpora.SHIPPED_MODEL_SOURCES[key]
             raise CharlmError(
-                f"no pretrained {key!r} model is shipped yet. Train one with '{corpora.training_command(key)}', "
-                f"then use its run folder, runs/{corpora.SHIPPED_MODEL_SOURCES[key][0]}.",
+                f"no pretrained {key!r} model is shipped yet. Train a {unit} model on {corpus} with charlm train, "
+                f"then use its run folder, runs/{corpus}.",
                 kind="model_not_shipped",
                 name=key,
-                train=corpora.training_command(key),
-                run=corpora.SHIPPED_MODEL_SOURCES[key][0],
+                corpus=corpus,
+                unit=unit,
             )
         run = next((runs / n for n in (name, key) if (runs / n).is_dir()), None)
         note = None if run is None else f"{name}: the shipped model; for your run of that name give its folder, {run}"

@@ -67,8 +67,8 @@ WORDING: dict[str, str] = {
     "text file.",
     "unknown_chars": "{count} character(s) not in the model's vocabulary: {listed}. "
     "Remove them, or use --unknown skip to drop them.",
-    "model_not_shipped": "no pretrained {name!r} model is shipped yet. Train one with '{train}', "
-    "then use --checkpoint runs/{run}.",
+    "model_not_shipped": "no pretrained {name!r} model is shipped yet. Train one with 'charlm train {corpus}{unit_flag}', "
+    "then use --checkpoint runs/{corpus}.",
     "export_destination": "{path} is {what}; export writes only regular files, with or without --force. "
     "Name a new file or an existing regular one.",
     "export_unchecked": "cannot look at {path} ({reason}). Export to a folder you can read and write.",
@@ -139,6 +139,8 @@ def cli_message(e: CharlmError) -> str:
             details["flag"] = flag(str(details["setting"]))
             if details.get("given") is False:  # a switch turned off: --normalize → --no-normalize
                 details["flag"] = "--no-" + details["flag"][2:]
+        if "unit" in details:  # a character model is the default: only a word model needs the flag
+            details["unit_flag"] = "" if details["unit"] == "char" else f" {flag('unit')} {details['unit']}"
         return WORDING[kind].format(**details)
     return str(e)
 
